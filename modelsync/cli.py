@@ -160,3 +160,333 @@ def main(args: Sequence[str] | None = None) -> int:
             f"{__version__}: please report it with the output of the same command run with -v."
         )
         return int(ExitCode.INTERNAL)
+
+
+# --------------------------------------------------------------------------- plan / apply
+
+
+def _target_options(func: F) -> F:
+    options = [
+        click.option(
+            "--state",
+            "state_path",
+            metavar="PATH",
+            help="State file (default: .modelsync/<manifest stem>.state.json beside the "
+            "manifest; or MODELSYNC_STATE).",
+        ),
+        click.option(
+            "--endpoint",
+            metavar="URL",
+            help="load_model URL (default: MODELSYNC_ENDPOINT, then target.endpoint, then "
+            "the public API).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selection_options(func: F) -> F:
+    options = [
+        click.option(
+            "--only", multiple=True, metavar="ID", help="Only these model ids (glob; repeatable)."
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            metavar="ID",
+            help="Skip these model ids (glob; repeatable).",
+        ),
+        click.option(
+            "--selector",
+            "-l",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Only models whose labels match key=value or key!=value (repeatable).",
+        ),
+        click.option(
+            "--output",
+            "-o",
+            "output_format",
+            type=click.Choice(["text", "json"]),
+            default="text",
+            show_default=True,
+            help="text for people, json for pipelines (on stdout).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selection(only: Sequence[str], exclude: Sequence[str], selector: Sequence[str]) -> Any:
+    from modelsync.plan import Selection, parse_selectors
+
+    return Selection(tuple(only), tuple(exclude), parse_selectors(selector))
+
+
+def _warn_unmatched(selection: Any, target: Any) -> None:
+    ids = [m.model_id for m in target.manifest.models]
+    for pattern in selection.unmatched_patterns(ids):
+        _echo_err(f"warning: --only/--exclude pattern {pattern!r} matches no model id")
+
+
+def _print_plan(plan: Any, target: Any, output_format: str) -> None:
+    g = _globals()
+    if output_format == "json":
+        document = output.plan_document(
+            plan, manifest=target.manifest_path, state=str(target.state_path)
+        )
+        click.echo(output.dump_json(document))
+    else:
+        click.echo(
+            output.render_plan(
+                plan,
+                manifest=target.manifest_path,
+                state=str(target.state_path),
+                verbose=g.verbosity >= 1,
+                color=g.color,
+            )
+        )
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path())
+@_target_options
+@_selection_options
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 2 when there are changes to apply (0: none; errors keep their codes).",
+)
+def plan(
+    manifest: str,
+    state_path: str | None,
+    endpoint: str | None,
+    only: Sequence[str],
+    exclude: Sequence[str],
+    selector: Sequence[str],
+    output_format: str,
+    detailed_exitcode: bool,
+) -> int:
+    """Show what apply would do. Never writes the state, never calls the API.
+
+    \b
+    Examples:
+      modelsync plan manifests/prod.yaml
+      modelsync plan manifests/prod.yaml --only 'sdxl-*' --selector team=portraits
+      modelsync plan manifests/prod.yaml --output json --detailed-exitcode
+    """
+    from modelsync import workflow
+
+    selection = _selection(only, exclude, selector)
+    target = workflow.resolve_target(manifest, endpoint=endpoint, state=state_path)
+    _report_warnings(target)
+    _warn_unmatched(selection, target)
+    the_plan, _state = workflow.compute_plan(target, selection)
+    _print_plan(the_plan, target, output_format)
+    if detailed_exitcode and the_plan.has_changes:
+        return int(ExitCode.CHANGES)
+    return int(ExitCode.OK)
+
+
+def _report_warnings(target: Any) -> None:
+    for warning in target.manifest.warnings:
+        _echo_err(str(warning))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path())
+@_target_options
+@_selection_options
+@click.option(
+    "--parallelism",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Requests in flight at most (lowered automatically on 429).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="Attempts per model in this run (failed models are retried next run).",
+)
+@click.option(
+    "--max-retry-after",
+    type=click.FloatRange(0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest Retry-After wait honoured; a longer one fails the model for this run.",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop starting submissions after this long; unstarted models are skipped (exit 1).",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for another run's state lock (0: fail at once, exit 4).",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Read the API key from this file instead of the environment variable.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Also write the JSON report to FILE.",
+)
+@click.option("--dry-run", is_flag=True, help="Show the plan with these flags; send nothing.")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Run against a local in-process sandbox API, with its own state file; no key needed.",
+)
+@click.option(
+    "--forget-orphans",
+    is_flag=True,
+    help="Drop models that are in the state but not in the manifest from the state.",
+)
+def apply(
+    manifest: str,
+    state_path: str | None,
+    endpoint: str | None,
+    only: Sequence[str],
+    exclude: Sequence[str],
+    selector: Sequence[str],
+    output_format: str,
+    parallelism: int,
+    max_attempts: int,
+    max_retry_after: float,
+    deadline: float | None,
+    lock_timeout: float,
+    api_key_file: str | None,
+    report_path: str | None,
+    dry_run: bool,
+    sandbox: bool,
+    forget_orphans: bool,
+) -> int:
+    """Submit every create, update and retry to load_model, recording each result.
+
+    The whole manifest is validated first: nothing is sent if any entry is invalid.
+
+    \b
+    Examples:
+      MODELSYNC_API_KEY=... modelsync apply manifests/prod.yaml
+      modelsync apply --sandbox manifests/example.yaml
+      modelsync apply manifests/prod.yaml --exclude 'experimental-*' --report report.json
+    """
+    import contextlib
+    import os
+
+    from modelsync import workflow
+    from modelsync.apply import ApplyOptions, StopFlag
+
+    if sandbox and (endpoint or api_key_file):
+        raise_usage("--sandbox runs against a local sandbox: drop --endpoint/--api-key-file")
+    selection = _selection(only, exclude, selector)
+    target = workflow.resolve_target(manifest, endpoint=endpoint, state=state_path)
+    _report_warnings(target)
+    _warn_unmatched(selection, target)
+    with contextlib.ExitStack() as stack:
+        if sandbox:
+            target = stack.enter_context(workflow.sandbox_target(target, load_seconds=5.0))
+            api_key = workflow.SANDBOX_KEY
+            _echo_err(f"Sandbox: {target.url} (state {target.state_path})")
+        if dry_run:
+            the_plan, _state = workflow.compute_plan(target, selection)
+            _print_plan(the_plan, target, output_format)
+            return int(ExitCode.OK)
+        if not sandbox:
+            api_key = workflow.read_api_key(target.manifest, api_key_file, os.environ)
+        stop = StopFlag()
+        stack.enter_context(_signals_stop(stop))
+        progress = stack.enter_context(output.Progress(enabled=output_format == "text"))
+        _plan, report = workflow.apply_plan(
+            target,
+            selection,
+            api_key=api_key,
+            options=ApplyOptions(
+                parallelism=parallelism, deadline_s=deadline, forget_orphans=forget_orphans
+            ),
+            client_options=workflow.ClientOptions(
+                max_attempts=max_attempts, max_retry_after=max_retry_after
+            ),
+            stop=stop,
+            lock_timeout=lock_timeout,
+            command=_command_line(),
+            on_plan=lambda p: _on_plan(p, target, output_format, progress),
+            on_result=progress.result,
+        )
+    document = report.to_json()
+    if report_path:
+        output.write_report(report_path, document)
+    if output_format == "json":
+        click.echo(output.dump_json(document))
+    else:
+        click.echo(output.render_summary(report, color=_globals().color))
+    return int(report.exit_code)
+
+
+def _on_plan(plan_obj: Any, target: Any, output_format: str, progress: Any) -> None:
+    if output_format == "text":
+        _print_plan(plan_obj, target, "text")
+    progress.start(len(plan_obj.to_submit))
+
+
+def raise_usage(message: str) -> None:
+    """Stop with a usage error (exit 64)."""
+    from modelsync.errors import UsageError
+
+    raise UsageError(message)
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "modelsync " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+class _signals_stop:
+    """SIGINT/SIGTERM: start nothing new, let in-flight requests finish, exit 130/143."""
+
+    def __init__(self, stop: Any) -> None:
+        self.stop = stop
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            code = ExitCode.SIGINT if signum == signal.SIGINT else ExitCode.SIGTERM
+            name = signal.Signals(signum).name
+            self.stop.set(f"interrupted by {name}", code)
+            _echo_err(f"{name}: finishing the requests in flight, starting no new ones...")
+            # A second signal ends the process at once (the journal keeps what was recorded).
+            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, handler)
+
+    def __exit__(self, *exc_info: object) -> None:
+        import signal
+
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)

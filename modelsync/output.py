@@ -11,12 +11,17 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import click
 
 from modelsync.errors import Diagnostic
 from modelsync.redact import RedactingFilter, redact
+
+if TYPE_CHECKING:
+    from modelsync.apply import Report
+    from modelsync.apply import Result as ApplyResult
+    from modelsync.plan import Plan
 
 LOGGER_NAME = "modelsync"
 
@@ -103,3 +108,178 @@ def setup_logging(verbosity: int, log_format: str, *, color: bool) -> logging.Lo
         level = logging.WARNING
     logger.setLevel(level)
     return logger
+
+
+# --------------------------------------------------------------------------- plans
+
+_COLORS = {"create": "green", "update": "yellow", "retry": "cyan", "orphan": "red"}
+
+
+def _value(value: Any) -> str:
+    return "(none)" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def render_plan(
+    plan: Plan, *, manifest: str, state: str, verbose: bool = False, color: bool = False
+) -> str:
+    """The plan for people: one line per change, changed fields, the summary line."""
+    from modelsync.plan import SYMBOLS
+
+    lines: list[str] = []
+    shown = [c for c in plan.changes if verbose or c.action != "unchanged"]
+    width = max((len(c.model_id) for c in shown), default=0)
+    for change in shown:
+        symbol = SYMBOLS[change.action]
+        head = f"  {symbol} {change.model_id.ljust(width)}  {change.action}"
+        if change.submits:
+            head += f" (force_load: {change.force_load})"
+        if change.action == "retry" and change.previous is not None:
+            reason = change.previous.last_error or f"last run left it {change.previous.status}"
+            head += f": {reason}"
+        if change.action == "orphan":
+            head += ": in the state, not in the manifest; nothing is deleted remotely"
+        if color and change.action in _COLORS:
+            head = click.style(head, fg=_COLORS[change.action])
+        lines.append(head)
+        for name, diff in change.fields.items():
+            lines.append(f"      {name}: {_value(diff.before)} → {_value(diff.after)}")
+    if not plan.has_changes and not any(c.action == "orphan" for c in plan.changes):
+        lines.append("No changes: the account holds what the manifest declares.")
+    lines.append(summary_line(plan))
+    return redact("\n".join(lines))
+
+
+def summary_line(plan: Plan) -> str:
+    """``Plan: 2 to create, 1 to update, 0 to retry, 14 unchanged, 1 orphaned.``"""
+    s = plan.summary
+    return (
+        f"Plan: {s['create']} to create, {s['update']} to update, {s['retry']} to retry, "
+        f"{s['unchanged']} unchanged, {s['orphan']} orphaned."
+    )
+
+
+def plan_document(plan: Plan, *, manifest: str, state: str) -> dict[str, Any]:
+    """The plan for pipelines, in the shape of DESIGN §3 (schemas/plan.schema.json)."""
+    changes = []
+    for change in plan.changes:
+        if change.action == "unchanged":
+            continue
+        changes.append(
+            {
+                "model_id": change.model_id,
+                "action": change.action,
+                "force_load": change.force_load,
+                "fields": {
+                    name: {"before": diff.before, "after": diff.after}
+                    for name, diff in change.fields.items()
+                },
+            }
+        )
+    return {
+        "format_version": 1,
+        "manifest": manifest,
+        "state": state,
+        "summary": plan.summary,
+        "changes": changes,
+    }
+
+
+def dump_json(document: Any) -> str:
+    """JSON for stdout and report files, secrets masked."""
+    return redact(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------- apply
+
+
+class Progress:
+    """A bar on a TTY, a log line per result otherwise; both on stderr."""
+
+    def __init__(self, *, enabled: bool, stream: TextIO | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self._bar: Any = None
+        self._log = logging.getLogger(LOGGER_NAME + ".progress")
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.render_finish()
+            self._bar = None
+
+    def start(self, total: int) -> None:
+        """Begin showing progress over ``total`` submissions."""
+        isatty = getattr(self.stream, "isatty", None)
+        if self.enabled and total and isatty is not None and isatty():
+            self._bar = click.progressbar(
+                length=total, label="Applying", file=self.stream, show_pos=True
+            )
+            self._bar.render_progress()
+
+    def result(self, result: ApplyResult) -> None:
+        """Show one result as it comes."""
+        if self._bar is not None:
+            self._bar.update(1)
+        level = logging.INFO if result.outcome == "submitted" else logging.WARNING
+        if self._bar is not None and level < logging.WARNING:
+            return
+        attempts = plural(result.attempts, "attempt")
+        self._log.log(
+            level,
+            "%s (%s, %s, %.2f s)%s",
+            result.outcome,
+            result.action,
+            attempts,
+            result.duration_s,
+            "" if result.outcome == "submitted" else f": {result.message}",
+            extra={
+                "model_id": result.model_id,
+                "outcome": result.outcome,
+                "attempt": result.attempts,
+                "http_status": result.http_status,
+            },
+        )
+
+
+def render_summary(report: Report, *, color: bool = False) -> str:
+    """The end of an apply, for people: counts, then every failure with its reason."""
+    s = report.summary
+    line = (
+        f"Apply: {s['submitted']} submitted, {s['failed']} failed, {s['skipped']} skipped, "
+        f"{s['unchanged']} unchanged."
+    )
+    if color:
+        line = click.style(line, fg="green" if report.exit_code == 0 else "red", bold=True)
+    lines = [line]
+    problems = [r for r in report.results if r.outcome != "submitted"]
+    if problems:
+        lines.append("Not submitted:")
+        for r in problems:
+            lines.append(f"  {r.model_id} ({r.action}, {r.outcome}): {r.message}")
+    if report.stop_reason:
+        lines.append(f"Stopped: {report.stop_reason}.")
+    if report.forgotten:
+        lines.append(
+            f"Forgot {plural(len(report.forgotten), 'orphan')}: " + ", ".join(report.forgotten)
+        )
+    if any(r.outcome == "failed" for r in report.results):
+        lines.append("Failed models are retried by the next apply.")
+    return redact("\n".join(lines))
+
+
+def write_report(path: str, document: Any) -> None:
+    """Write the JSON report atomically (a reader never sees half a report)."""
+    import tempfile
+
+    from modelsync.errors import ModelsyncError
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".report.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(dump_json(document) + "\n")
+        os.replace(temp, path)
+    except OSError as exc:
+        raise ModelsyncError(f"cannot write the report {path}: {exc.strerror}") from None

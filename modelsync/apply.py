@@ -1,0 +1,413 @@
+"""Runs a Plan through the load_model client and records every result as it comes.
+
+Concurrency is bounded twice: ``--parallelism`` worker threads, and an adaptive gate
+(:class:`AdaptiveGate`) that halves the number of requests in flight on a 429 (the
+service limits *queued requests per account*) and raises it again slowly after
+successes. The run stops early on an auth or credit failure (exit 5), when the API
+looks down (exit 1), on the deadline (exit 1), or on SIGINT/SIGTERM (130/143); every
+independent entry is otherwise attempted and every failure reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from modelsync.client import LoadModelClient, SubmitResult
+from modelsync.errors import ExitCode
+from modelsync.plan import Change, Plan
+from modelsync.state import ModelRecord, StateStore, utc_now
+
+log = logging.getLogger("modelsync.apply")
+
+Outcome = Literal["submitted", "failed", "skipped"]
+
+# DESIGN §4: the API is down after this many retryable failures in a row, with no
+# success between them, over at least this many models.
+DOWN_STREAK = 10
+DOWN_MODELS = 3
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """The knobs of a run (the CLI's flags)."""
+
+    parallelism: int = 4
+    deadline_s: float | None = None
+    forget_orphans: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one planned submission."""
+
+    model_id: str
+    action: str
+    outcome: Outcome
+    attempts: int
+    http_status: int | None
+    message: str
+    duration_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The result in the report shape of DESIGN §4."""
+        return {
+            "model_id": self.model_id,
+            "action": self.action,
+            "outcome": self.outcome,
+            "attempts": self.attempts,
+            "http_status": self.http_status,
+            "message": self.message,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """The run: every result, the unchanged count, why it stopped, its exit code."""
+
+    results: tuple[Result, ...]
+    unchanged: int
+    exit_code: ExitCode
+    stop_reason: str | None = None
+    forgotten: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """Counts per outcome, plus unchanged."""
+        counts = {"submitted": 0, "failed": 0, "skipped": 0}
+        for result in self.results:
+            counts[result.outcome] += 1
+        counts["unchanged"] = self.unchanged
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        """The report of DESIGN §4 (``--output json``, ``--report FILE``)."""
+        document: dict[str, Any] = {
+            "format_version": 1,
+            "summary": self.summary,
+            "results": [r.to_json() for r in self.results],
+        }
+        if self.stop_reason:
+            document["stop_reason"] = self.stop_reason
+        if self.forgotten:
+            document["forgotten"] = list(self.forgotten)
+        return document
+
+
+class StopFlag:
+    """Why the run stops starting new work; the first reason wins. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self.reason: str | None = None
+        self.exit_code = ExitCode.OK
+
+    def set(self, reason: str, exit_code: ExitCode) -> None:
+        """Stop, unless already stopped for an earlier reason."""
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+                self.exit_code = exit_code
+        self._event.set()
+
+    def is_set(self) -> bool:
+        """True once a stop was asked for."""
+        return self._event.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep that a stop cuts short (used for retry backoff)."""
+        self._event.wait(max(0.0, seconds))
+
+
+class AdaptiveGate:
+    """Limits requests in flight: halve on 429, add one after enough successes (AIMD)."""
+
+    def __init__(
+        self, limit: int, *, clock: Callable[[], float] = time.monotonic, cooldown_s: float = 1.0
+    ) -> None:
+        self.maximum = max(1, limit)
+        self.limit = self.maximum
+        self._in_flight = 0
+        self._successes = 0
+        self._last_cut = float("-inf")
+        self._clock = clock
+        self._cooldown = cooldown_s
+        self._cond = threading.Condition()
+        self.throttled = 0
+        self.lowest = self.limit
+
+    def acquire(self) -> None:
+        """Wait for a free slot."""
+        with self._cond:
+            while self._in_flight >= self.limit:
+                self._cond.wait()
+            self._in_flight += 1
+
+    def release(self, verdict_kind: str, http_status: int | None) -> None:
+        """Free the slot and adapt the limit to the answer."""
+        with self._cond:
+            self._in_flight -= 1
+            if http_status == 429:
+                self.throttled += 1
+                now = self._clock()
+                # Several requests in flight see the same overload: cut once per cooldown.
+                if now - self._last_cut >= self._cooldown:
+                    self.limit = max(1, self.limit // 2)
+                    self.lowest = min(self.lowest, self.limit)
+                    self._last_cut = now
+                self._successes = 0
+            elif verdict_kind == "submitted":
+                self._successes += 1
+                if self._successes >= self.limit and self.limit < self.maximum:
+                    self.limit += 1
+                    self._successes = 0
+            self._cond.notify_all()
+
+
+class _HealthWatch:
+    """Detects an API that is down: a streak of retryable failures over several models."""
+
+    def __init__(self, stop: StopFlag) -> None:
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._streak = 0
+        self._models: set[str] = set()
+        self._local = threading.local()
+
+    def bind(self, model_id: str) -> None:
+        self._local.model_id = model_id
+
+    def observe(self, verdict_kind: str, http_status: int | None) -> None:
+        if http_status == 429:
+            return  # pacing, not an outage
+        with self._lock:
+            if verdict_kind == "submitted":
+                self._streak = 0
+                self._models.clear()
+            elif verdict_kind == "retryable":
+                self._streak += 1
+                self._models.add(getattr(self._local, "model_id", "?"))
+                if self._streak >= DOWN_STREAK and len(self._models) >= DOWN_MODELS:
+                    self._stop.set(
+                        f"the API looks down: {self._streak} failed attempts in a row "
+                        f"over {len(self._models)} models; stopped starting new submissions",
+                        ExitCode.FAILED,
+                    )
+
+
+class _WatchedGate:
+    """The adaptive gate, reporting every answer to the health watch too."""
+
+    def __init__(self, gate: AdaptiveGate, watch: _HealthWatch) -> None:
+        self._gate = gate
+        self._watch = watch
+
+    def acquire(self) -> None:
+        self._gate.acquire()
+
+    def release(self, verdict_kind: str, http_status: int | None) -> None:
+        self._gate.release(verdict_kind, http_status)
+        self._watch.observe(verdict_kind, http_status)
+
+
+def make_gate(parallelism: int, stop: StopFlag) -> tuple[AdaptiveGate, _WatchedGate, _HealthWatch]:
+    """The gate to give the client, and the watch that stops the run when the API is down."""
+    gate = AdaptiveGate(parallelism)
+    watch = _HealthWatch(stop)
+    return gate, _WatchedGate(gate, watch), watch
+
+
+def run_apply(
+    plan: Plan,
+    store: StateStore,
+    client: LoadModelClient,
+    *,
+    options: ApplyOptions,
+    stop: StopFlag,
+    watch: _HealthWatch,
+    on_result: Callable[[Result], None] = lambda _r: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Report:
+    """Submit every create/update/retry of ``plan``, recording each result as it comes."""
+    deadline = None if options.deadline_s is None else clock() + options.deadline_s
+    todo = plan.to_submit
+    results: dict[str, Result] = {}
+
+    def work(change: Change) -> Result:
+        return _submit_one(change, store, client, stop, watch, deadline, clock)
+
+    if todo:
+        workers = max(1, min(options.parallelism, len(todo)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelsync") as pool:
+            pending: dict[Future[Result], Change] = {}
+            queue = list(reversed(todo))
+            while queue or pending:
+                # Keep at most `workers` submissions started: a stop then leaves the rest
+                # unstarted instead of queued inside the pool.
+                while queue and len(pending) < workers and not stop.is_set():
+                    if deadline is not None and clock() >= deadline:
+                        stop.set("the --deadline passed", ExitCode.FAILED)
+                        break
+                    change = queue.pop()
+                    pending[pool.submit(work, change)] = change
+                if not pending:
+                    break
+                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    change = pending.pop(future)
+                    result = future.result()
+                    results[change.model_id] = result
+                    on_result(result)
+            for change in reversed(queue):
+                result = Result(
+                    change.model_id,
+                    change.action,
+                    "skipped",
+                    0,
+                    None,
+                    f"not started: {stop.reason or 'the run stopped'}",
+                    0.0,
+                )
+                results[change.model_id] = result
+                on_result(result)
+
+    forgotten: tuple[str, ...] = ()
+    if options.forget_orphans and not stop.is_set():
+        forgotten = tuple(c.model_id for c in plan.changes if c.action == "orphan")
+        if forgotten:
+            store.forget(forgotten)
+
+    ordered = tuple(results[c.model_id] for c in todo if c.model_id in results)
+    exit_code = stop.exit_code
+    if exit_code == ExitCode.OK and any(r.outcome != "submitted" for r in ordered):
+        exit_code = ExitCode.FAILED
+    return Report(
+        results=ordered,
+        unchanged=plan.summary["unchanged"],
+        exit_code=exit_code,
+        stop_reason=stop.reason,
+        forgotten=forgotten,
+    )
+
+
+def _submit_one(
+    change: Change,
+    store: StateStore,
+    client: LoadModelClient,
+    stop: StopFlag,
+    watch: _HealthWatch,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> Result:
+    spec = change.spec
+    assert spec is not None and change.force_load is not None
+    if stop.is_set():
+        return Result(
+            change.model_id,
+            change.action,
+            "skipped",
+            0,
+            None,
+            f"not started: {stop.reason}",
+            0.0,
+        )
+    request = spec.request(change.force_load)
+    previous = change.previous
+    # Written before the first POST: if this process dies mid-request, the next run
+    # knows the request may have reached the server (and retries with force_load yes).
+    store.record(
+        spec.model_id,
+        ModelRecord(
+            fingerprint=spec.fingerprint,
+            request=request,
+            status="pending",
+            attempts=0,
+            submitted_at=previous.submitted_at if previous else None,
+            last_attempt_at=utc_now(),
+            response=None,
+            last_error=None,
+        ),
+    )
+    watch.bind(spec.model_id)
+    result: SubmitResult = client.submit(
+        spec.body(change.force_load),
+        model_id=spec.model_id,
+        should_stop=stop.is_set,
+        deadline=deadline,
+    )
+    now = utc_now()
+    if result.outcome == "submitted":
+        record = ModelRecord(
+            fingerprint=spec.fingerprint,
+            request=request,
+            status="submitted",
+            attempts=result.attempts,
+            submitted_at=now,
+            last_attempt_at=now,
+            response=dict(result.response) if result.response is not None else None,
+            last_error=None,
+        )
+        store.record(spec.model_id, record)
+        return Result(
+            change.model_id,
+            change.action,
+            "submitted",
+            result.attempts,
+            result.http_status,
+            result.message,
+            result.duration_s,
+        )
+    if result.attempts == 0:
+        # Nothing was sent: put back what the state said before this run.
+        if previous is not None:
+            store.record(spec.model_id, previous)
+        else:
+            store.forget([spec.model_id])
+        reason = stop.reason or result.message
+        if result.outcome == "deadline":
+            reason = "the --deadline passed"
+            stop.set(reason, ExitCode.FAILED)
+        return Result(
+            change.model_id, change.action, "skipped", 0, None, f"not started: {reason}", 0.0
+        )
+    if result.outcome == "auth":
+        stop.set(f"authentication failed: {result.message}", ExitCode.AUTH)
+    elif result.outcome == "account":
+        stop.set(f"the account cannot load models: {result.message}", ExitCode.AUTH)
+    elif result.outcome == "deadline":
+        stop.set("the --deadline passed", ExitCode.FAILED)
+    store.record(
+        spec.model_id,
+        ModelRecord(
+            fingerprint=spec.fingerprint,
+            request=request,
+            status="failed",
+            attempts=result.attempts,
+            submitted_at=previous.submitted_at if previous else None,
+            last_attempt_at=now,
+            response=dict(result.response) if result.response is not None else None,
+            last_error=result.message,
+        ),
+    )
+    log.warning(
+        "failed after %d attempt(s): %s",
+        result.attempts,
+        result.message,
+        extra={"model_id": spec.model_id, "outcome": "failed", "http_status": result.http_status},
+    )
+    return Result(
+        change.model_id,
+        change.action,
+        "failed",
+        result.attempts,
+        result.http_status,
+        result.message,
+        result.duration_s,
+    )
