@@ -405,7 +405,8 @@ def apply(
         if sandbox:
             target = stack.enter_context(workflow.sandbox_target(target, load_seconds=5.0))
             api_key = workflow.SANDBOX_KEY
-            _echo_err(f"Sandbox: {target.url} (state {target.state_path})")
+            if _globals().verbosity >= 0:
+                _echo_err(f"Sandbox: {target.url} (state {target.state_path})")
         if dry_run:
             the_plan, _state = workflow.compute_plan(target, selection)
             _print_plan(the_plan, target, output_format)
@@ -490,3 +491,276 @@ class _signals_stop:
 
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@cli.group()
+def state() -> None:
+    """Inspect or edit the state: what modelsync has submitted.
+
+    \b
+    Examples:
+      modelsync state list manifests/prod.yaml
+      modelsync state show majicmix-realistic manifests/prod.yaml
+      modelsync state rm old-model manifests/prod.yaml
+      modelsync state adopt hand-loaded-model manifests/prod.yaml
+    """
+
+
+def _state_options(func: F) -> F:
+    func = click.option(
+        "--lock-timeout",
+        type=click.FloatRange(0),
+        default=0.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Wait this long for another run's state lock.",
+    )(func)
+    return _target_options(func)
+
+
+@state.command("list")
+@click.argument("manifest", type=click.Path())
+@_target_options
+@click.option(
+    "--output",
+    "-o",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for pipelines.",
+)
+def state_list(
+    manifest: str, state_path: str | None, endpoint: str | None, output_format: str
+) -> int:
+    """List the models in the state, with their status. Read-only.
+
+    \b
+    Example:
+      modelsync state list manifests/prod.yaml
+    """
+    from modelsync import workflow
+    from modelsync.state import read_state
+
+    target = workflow.resolve_target(manifest, endpoint=endpoint, state=state_path)
+    current = read_state(target.state_path, target.endpoint)
+    if output_format == "json":
+        click.echo(output.dump_json(workflow.describe_state(current)))
+        return 0
+    click.echo(output.render_state_list(current))
+    return 0
+
+
+@state.command("show")
+@click.argument("model_id")
+@click.argument("manifest", type=click.Path())
+@_target_options
+def state_show(model_id: str, manifest: str, state_path: str | None, endpoint: str | None) -> int:
+    """Show one model's record (JSON), as the state holds it. Read-only.
+
+    \b
+    Example:
+      modelsync state show majicmix-realistic manifests/prod.yaml
+    """
+    from modelsync import workflow
+    from modelsync.state import read_state
+
+    target = workflow.resolve_target(manifest, endpoint=endpoint, state=state_path)
+    current = read_state(target.state_path, target.endpoint)
+    record = current.models.get(model_id)
+    if record is None:
+        raise_usage(f"{model_id!r} is not in the state {target.state_path}")
+        return 64
+    click.echo(output.dump_json({model_id: record.to_json()}))
+    return 0
+
+
+@state.command("rm")
+@click.argument("model_ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("manifest", type=click.Path())
+@_state_options
+def state_rm(
+    model_ids: Sequence[str],
+    manifest: str,
+    state_path: str | None,
+    endpoint: str | None,
+    lock_timeout: float,
+) -> int:
+    """Drop models from the state. Nothing is deleted on the account.
+
+    The next apply creates them again if they are still in the manifest.
+
+    \b
+    Example:
+      modelsync state rm old-model other-model manifests/prod.yaml
+    """
+    from modelsync import workflow
+
+    target = workflow.resolve_target(manifest, endpoint=endpoint, state=state_path)
+    removed = workflow.state_rm(target, model_ids, lock_timeout=lock_timeout)
+    click.echo(f"Removed from the state: {', '.join(removed)}")
+    return 0
+
+
+@state.command("adopt")
+@click.argument("model_ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("manifest", type=click.Path())
+@_state_options
+def state_adopt(
+    model_ids: Sequence[str],
+    manifest: str,
+    state_path: str | None,
+    endpoint: str | None,
+    lock_timeout: float,
+) -> int:
+    """Record models that already exist on the account as submitted, sending nothing.
+
+    For models loaded by hand before modelsync: add them to the manifest as they are
+    on the account, then adopt them so apply does not load them again.
+
+    \b
+    Example:
+      modelsync state adopt majicmix-realistic manifests/prod.yaml
+    """
+    from modelsync import workflow
+
+    target = workflow.resolve_target(manifest, endpoint=endpoint, state=state_path)
+    adopted = workflow.state_adopt(target, model_ids, lock_timeout=lock_timeout)
+    click.echo(f"Adopted into the state: {', '.join(adopted)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port (0: a free one).",
+)
+@click.option(
+    "--api-key",
+    default="sandbox",
+    show_default=True,
+    help="The one key the sandbox accepts (a test value, not a real key).",
+)
+@click.option(
+    "--latency",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    metavar="MS",
+    help="Added to every load_model answer.",
+)
+@click.option(
+    "--load-seconds",
+    type=click.FloatRange(0),
+    default=2.0,
+    show_default=True,
+    help="How long a model stays 'loading' before 'model_ready'.",
+)
+@click.option(
+    "--max-queued",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="More requests in flight than this get 429 with retry_after.",
+)
+@click.option(
+    "--retry-after",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    metavar="SECONDS",
+    help="retry_after in 429 answers.",
+)
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    metavar="P",
+    help="Probability of a 5xx answer.",
+)
+@click.option(
+    "--reset-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    metavar="P",
+    help="Probability of dropping the connection after reading the request.",
+)
+@click.option(
+    "--garbage-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    metavar="P",
+    help="Probability of a 200 with an unreadable body.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for the fault draws (repeatable runs).")
+@click.option(
+    "--request-log",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Write a JSON line per request received (key masked).",
+)
+def sandbox(
+    host: str,
+    port: int,
+    api_key: str,
+    latency: float,
+    load_seconds: float,
+    max_queued: int,
+    retry_after: int,
+    fail_rate: float,
+    reset_rate: float,
+    garbage_rate: float,
+    seed: int | None,
+    request_log: str | None,
+) -> int:
+    """Run a local API sandbox that behaves like the load_model API family.
+
+    No account or credits needed. Point apply at it with --endpoint, or use
+    'apply --sandbox', which starts one in-process.
+
+    \b
+    Example:
+      modelsync sandbox --port 8765 --latency 50 --fail-rate 0.1 &
+      MODELSYNC_API_KEY=sandbox modelsync apply manifests/example.yaml \\
+        --endpoint http://127.0.0.1:8765/api/v3/load_model --state /tmp/sandbox.state.json
+    """
+    from pathlib import Path
+
+    from modelsync.sandbox import SandboxConfig, serve_forever
+
+    config = SandboxConfig(
+        host=host,
+        port=port,
+        api_key=api_key,
+        latency_ms=latency,
+        load_seconds=load_seconds,
+        max_queued=max_queued,
+        retry_after=retry_after,
+        fail_rate=fail_rate,
+        reset_rate=reset_rate,
+        garbage_rate=garbage_rate,
+        seed=seed,
+        request_log=Path(request_log) if request_log else None,
+    )
+
+    def ready(running: Any) -> None:
+        click.echo(f"Sandbox listening on {running.url}", err=True)
+        click.echo(f"load_model: {running.load_model_url}", err=True)
+        sys.stderr.flush()
+
+    serve_forever(config, ready=ready)
+    return 0

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from modelsync.apply import Report
     from modelsync.apply import Result as ApplyResult
     from modelsync.plan import Plan
+    from modelsync.state import State
 
 LOGGER_NAME = "modelsync"
 
@@ -283,3 +284,20 @@ def write_report(path: str, document: Any) -> None:
         os.replace(temp, path)
     except OSError as exc:
         raise ModelsyncError(f"cannot write the report {path}: {exc.strerror}") from None
+
+
+def render_state_list(state: State) -> str:
+    """The state's models, one line each, for people."""
+    if not state.exists:
+        return f"No state yet at {state.path}: the first apply creates it."
+    lines = [f"State {state.path} (serial {state.serial}, endpoint {state.endpoint}):"]
+    width = max((len(m) for m in state.models), default=0)
+    for model_id in sorted(state.models):
+        record = state.models[model_id]
+        when = record.submitted_at or record.last_attempt_at or "-"
+        line = f"  {model_id.ljust(width)}  {record.status:<9}  {when}"
+        if record.last_error:
+            line += f"  {record.last_error}"
+        lines.append(line)
+    lines.append(plural(len(state.models), "model") + ".")
+    return redact("\n".join(lines))
