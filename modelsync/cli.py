@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -15,7 +16,6 @@ import click
 
 from modelsync import __version__, output
 from modelsync.errors import ExitCode, ManifestError, ModelsyncError
-from modelsync.redact import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,7 +38,7 @@ def _globals() -> Globals:
 
 
 def _echo_err(text: str) -> None:
-    click.echo(redact(text), err=True)
+    output.stderr(text)
 
 
 @click.group(
@@ -100,7 +100,8 @@ def validate(manifests: Sequence[str]) -> int:
             manifest = load_manifest(path)
         except ManifestError as exc:
             output.print_diagnostics(exc.diagnostics)
-            _echo_err(f"{path}: invalid ({output.plural(len(exc.diagnostics), 'problem')})")
+            problems = output.plural(len(exc.diagnostics), "problem")
+            output.stderr(f"{path}: invalid ({problems})", logging.ERROR)
             worst = ExitCode.MANIFEST
             continue
         for warning in manifest.warnings:
@@ -758,8 +759,8 @@ def sandbox(
     )
 
     def ready(running: Any) -> None:
-        click.echo(f"Sandbox listening on {running.url}", err=True)
-        click.echo(f"load_model: {running.load_model_url}", err=True)
+        _echo_err(f"Sandbox listening on {running.url}")
+        _echo_err(f"load_model: {running.load_model_url}")
         sys.stderr.flush()
 
     serve_forever(config, ready=ready)

@@ -47,10 +47,35 @@ def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
     click.echo(redact(text), err=err, nl=nl)
 
 
+_LOG_FORMAT = {"json": False}
+
+
+def stderr(text: str, level: int | None = None) -> None:
+    """A message for people on stderr: a plain line, or a JSON log record with --log-format json.
+
+    With ``level`` None it is read from the text: ``Error: ...`` is an error,
+    ``warning: ...`` a warning, anything else information.
+    """
+    text = redact(text)
+    if level is None:
+        if text.startswith("Error: "):
+            level = logging.ERROR
+        elif text.startswith("warning: "):
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+    if _LOG_FORMAT["json"]:
+        for prefix in ("Error: ", "warning: "):
+            text = text.removeprefix(prefix)
+        logging.getLogger(LOGGER_NAME).log(level, text)
+    else:
+        click.echo(text, err=True)
+
+
 def print_diagnostics(diagnostics: Iterable[Diagnostic]) -> None:
     """Print manifest problems on stderr, one per line, sorted by position."""
     for diagnostic in sorted(diagnostics):
-        echo(str(diagnostic), err=True)
+        stderr(str(diagnostic), logging.ERROR)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -93,6 +118,7 @@ class _TextFormatter(logging.Formatter):
 
 def setup_logging(verbosity: int, log_format: str, *, color: bool) -> logging.Logger:
     """One stderr handler on the ``modelsync`` logger, with the redacting filter."""
+    _LOG_FORMAT["json"] = log_format == "json"
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
