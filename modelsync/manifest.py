@@ -417,6 +417,32 @@ def _yaml_literal(report: _Reporter, path: Sequence[str | int], value: Any) -> s
     return text if text is not None else json.dumps(value, default=str)
 
 
+def _shown_value(report: _Reporter, path: Sequence[str | int], value: Any) -> str:
+    """A value as the user wrote it: text quoted, anything else as in the file."""
+    if isinstance(value, str) and type(value) is str:
+        return repr(value)
+    if value is None:
+        return "an empty value"
+    return _yaml_literal(report, path, value)
+
+
+def _type_wanted(path: Sequence[str | int], expected: str) -> str:
+    """What a list or mapping should look like, for a type error at ``path``."""
+    if path == ("models",):
+        return "must be a list of models, each starting with '- model_id: ...'"
+    if len(path) == 2 and path[0] == "models":
+        return (
+            "a model must be a mapping of its fields (model_id, url, model_format, "
+            "model_category...)"
+        )
+    if path and path[-1] == "labels":
+        return "must be a mapping of label names to text, like labels: {team: portraits}"
+    if expected == "object":
+        return "must be a mapping of 'name: value' lines"
+    words = {"array": "a list", "string": "text"}
+    return f"must be {words.get(expected, expected)}"
+
+
 def _report_schema_error(report: _Reporter, data: Any, error: Any) -> None:
     path = tuple(error.absolute_path)
     validator = error.validator
@@ -455,13 +481,18 @@ def _report_schema_error(report: _Reporter, data: Any, error: Any) -> None:
             elif name == "version":
                 fix = "add 'version: 1' at the top"
             else:
+                choices = error.schema.get("properties", {}).get(name, {}).get("enum")
                 fix = f"add '{name}:'"
+                if choices:
+                    fix += " with one of " + ", ".join(repr(c) for c in choices)
             report.add(path, f"missing required field {name!r}; {fix}", of_key=False)
         return
 
     if validator == "type":
         expected = error.validator_value
-        if expected == "string" and not isinstance(value, (dict, list)):
+        if expected == "string" and value is None:
+            report.add(path, "is empty; give it a value")
+        elif expected == "string" and not isinstance(value, (dict, list)):
             literal = _yaml_literal(report, path, value)
             shown = f"{field_name}: " if field_name else ""
             report.add(
@@ -470,31 +501,39 @@ def _report_schema_error(report: _Reporter, data: Any, error: Any) -> None:
                 f'quote it: {shown}"{literal}"',
             )
         else:
-            words = {"object": "a mapping", "array": "a list", "string": "text"}
-            report.add(
-                path,
-                f"must be {words.get(expected, expected)}, not {describe_yaml_type(value)}",
-            )
+            report.add(path, f"{_type_wanted(path, expected)}, not {describe_yaml_type(value)}")
         return
 
     if validator == "enum":
         choices = error.validator_value
+        given = _shown_value(report, path, value)
         if field_name in _YES_NO_FIELDS:
-            report.add(
-                path, f"{_yaml_literal(report, path, value)!s} is not yes or no; write yes or no"
-            )
+            report.add(path, f"{given} is not yes or no; write yes or no")
             return
         shown = ", ".join(repr(c) for c in choices)
         hint = _did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
-        report.add(path, f"{value!r} is not one of {shown}{hint}")
+        report.add(path, f"{given} is not one of {shown}{hint}")
         return
 
     if validator == "const" and path == ("version",):
-        report.add(path, f"version {value!r} is not supported; this modelsync reads version: 1")
+        if isinstance(value, str) and value.strip() == "1":
+            report.add(path, f"version is the text {value!r}; write the number: version: 1")
+        else:
+            shown = _shown_value(report, path, value)
+            report.add(path, f"version {shown} is not supported; this modelsync reads version: 1")
         return
 
     if field_name == "url" and in_model:
         report.add(path, _url_message(report, path, value))
+        return
+
+    if "propertyNames" in error.schema_path:
+        report.add(
+            path,
+            f"label name {value!r} is not allowed: use letters, digits, '.', '_', '-', '/' "
+            "(at most 63 characters, starting with a letter or digit)",
+            position_path=(*path, value),
+        )
         return
 
     if validator == "pattern" or validator == "not":
@@ -506,15 +545,7 @@ def _report_schema_error(report: _Reporter, data: Any, error: Any) -> None:
         if validator == "maxLength":
             report.add(path, f"is {len(value)} characters long, more than {limit}; shorten it")
         else:
-            report.add(path, "must not be empty")
-        return
-
-    if validator == "propertyNames":
-        report.add(
-            path,
-            f"label name {value!r} is not allowed: use letters, digits, '.', '_', '-', '/' "
-            "(at most 63 characters, starting with a letter or digit)",
-        )
+            report.add(path, "must not be empty; give it a value or remove the line")
         return
 
     report.add(path, str(error.message))  # pragma: no cover - every keyword above is handled
@@ -549,7 +580,10 @@ def _url_message(report: _Reporter, path: Sequence[str | int], value: str) -> st
             "'-' or '.', no '--' or '..', not ending in '.git'"
         )
     if len(value) > 2048:
-        return f"is {len(value)} characters long, more than 2048"
+        return (
+            f"is {len(value)} characters long, more than the 2048 the service accepts; "
+            "use a shorter link (drop tracking parameters)"
+        )
     scheme_match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", value)
     if scheme_match and scheme_match.group(1).lower() not in ("http", "https"):
         return (
@@ -576,9 +610,12 @@ def _pattern_message(field_name: str | None, value: Any, path: Sequence[str | in
     if field_name == "model_image":
         return f"{value!r} must be an http(s):// URL without whitespace"
     if field_name == "endpoint":
-        return f"{value!r} must be an http(s):// URL"
+        return f"{value!r} must be an http(s):// URL, like {DEFAULT_ENDPOINT}"
     if field_name == "api_key_env":
-        return f"{value!r} is not an environment variable name (letters, digits, '_')"
+        return (
+            f"{value!r} is not an environment variable name: use letters, digits and '_', "
+            f"like {DEFAULT_API_KEY_ENV}"
+        )
     return f"{value!r} does not have the expected form"  # pragma: no cover
 
 
@@ -671,7 +708,11 @@ def _substitute(
             ok = False
             return token
         if not _VAR_NAME.match(name):
-            report.add(path, f"${{{name}}} is not a variable name (letters, digits and '_' only)")
+            report.add(
+                path,
+                f"${{{name}}} is not a variable name: use letters, digits and '_' "
+                "(not starting with a digit), or $${ for a literal ${",
+            )
             ok = False
             return token
         value = env.get(name)
@@ -679,7 +720,7 @@ def _substitute(
             report.add(
                 path,
                 f"environment variable {name} is not set; set it (export {name}=...) "
-                "or remove ${" + name + "} from the url",
+                "or remove ${" + name + "} from the " + str(path[-1]),
             )
             ok = False
             return token

@@ -29,6 +29,10 @@ from modelsync.errors import Diagnostic, ManifestError
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 ALIAS_EXPANSION_LIMIT = 10
+_TOO_DEEP = (
+    f"nesting is deeper than {MAX_DEPTH} levels (a manifest needs 5): "
+    "remove the extra brackets or indentation"
+)
 
 _TAG = "tag:yaml.org,2002:"
 _STR = _TAG + "str"
@@ -188,7 +192,10 @@ def read_text(path: Path) -> str:
     if len(raw) > MAX_FILE_BYTES:
         raise fail("the file is larger than the 16 MiB a manifest may be; split it")
     if b"\x00" in raw:
-        raise fail("this is a binary file, not a YAML manifest")
+        raise fail(
+            "this is a binary file (it holds NUL bytes), not a YAML manifest; "
+            "give the path of the manifest"
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -228,7 +235,7 @@ def load_yaml_text(text: str, name: str) -> LoadedYaml:
                     name,
                     mark.line + 1,
                     mark.column + 1,
-                    f"nesting is deeper than {MAX_DEPTH} levels; a manifest needs 5",
+                    _TOO_DEEP,
                 )
             ]
         ) from None
@@ -249,40 +256,161 @@ def _compose(text: str, name: str) -> yaml.Node:
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        raise ManifestError([_yaml_error(exc, name)]) from None
-    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML always marks its errors
-        raise ManifestError([Diagnostic(name, 0, 0, f"YAML error: {exc}")]) from None
+        raise ManifestError([_yaml_error(exc, name, text)]) from None
+    except yaml.reader.ReaderError as exc:
+        # A control character; PyYAML's text would show the "<unicode string>" internals.
+        pos = exc.position
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        raise ManifestError(
+            [
+                Diagnostic(
+                    name,
+                    line,
+                    column,
+                    f"the control character U+{exc.character:04X} is not allowed in YAML; "
+                    "delete it (an editor that shows invisible characters helps)",
+                )
+            ]
+        ) from None
+    except yaml.YAMLError:  # pragma: no cover - PyYAML marks every other error
+        raise ManifestError(
+            [Diagnostic(name, 0, 0, "the file is not valid YAML; check its syntax")]
+        ) from None
     except RecursionError:
         # Only the pure-Python composer recurses; libyaml stops at 1000 levels itself.
-        raise ManifestError(
-            [Diagnostic(name, 0, 0, f"nesting is deeper than {MAX_DEPTH} levels")]
-        ) from None
+        raise ManifestError([Diagnostic(name, 0, 0, _TOO_DEEP)]) from None
     finally:
         loader.dispose()
     if root is None:
         raise ManifestError(
-            [Diagnostic(name, 0, 0, "the file has no YAML document (only comments or blanks)")]
+            [
+                Diagnostic(
+                    name,
+                    0,
+                    0,
+                    "the file has no YAML document (only comments or blanks); "
+                    "a manifest needs at least 'version: 1' and 'models:'",
+                )
+            ]
         )
     node: yaml.Node = root
     return node
 
 
-def _yaml_error(exc: yaml.MarkedYAMLError, name: str) -> Diagnostic:
+# PyYAML's problems, in plain words with the fix (and never PyYAML's own text, which
+# differs between libyaml and the pure-Python parser). The first match wins; "context"
+# says the position of the construct that was left open is the useful one.
+_SYNTAX_FIXES: tuple[tuple[tuple[str, ...], bool, str], ...] = (
+    (
+        ("mapping values are not allowed",),
+        False,
+        "a ':' where no key can start: quote a value that contains ': ', "
+        "or fix the indentation of this line",
+    ),
+    (
+        ("expected '-' indicator", "expected <block end>", "did not find expected key"),
+        False,
+        "this line is not indented like the lines above it: "
+        "indent the fields of one mapping by the same number of spaces",
+    ),
+    (
+        ("could not find expected ':'",),
+        True,
+        "a line that is not 'key: value' (or a quote or bracket left open above it): "
+        "write 'key: value'",
+    ),
+    (
+        ("end of stream",),
+        True,
+        "a quoted value or bracket is not closed before the end of the file: close it",
+    ),
+    (
+        ("expected ',' or ']'", "expected ',' or '}'"),
+        True,
+        "a [list] or {mapping} that is not closed, or items not separated by ',': "
+        "close the bracket, or quote a value that contains ',' or ':'",
+    ),
+    (
+        ("undefined alias",),
+        False,
+        "an alias (*name) with no anchor (&name) before it: define the anchor first, "
+        "or fix the name",
+    ),
+    (
+        ("duplicate anchor",),
+        False,
+        "the same anchor (&name) is defined twice: rename one",
+    ),
+    (
+        ("unknown escape character",),
+        False,
+        "an unknown backslash escape in a double-quoted value: "
+        "use single quotes, or write the backslash twice",
+    ),
+    (
+        ("while scanning an alias", "while scanning an anchor"),
+        False,
+        "'*' and '&' start an alias or an anchor: quote a value that starts with them",
+    ),
+    (
+        ("directive", "incompatible YAML document"),
+        False,
+        "a line that starts with '%' is a YAML directive: remove it, or quote the value",
+    ),
+)
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, name: str, text: str) -> Diagnostic:
+    """A parser error as a diagnostic in plain words: what is wrong and the fix."""
+    problem = exc.problem or ""
+    context = exc.context or ""
+    found = problem + " " + context
     mark = exc.problem_mark or exc.context_mark
-    problem = (exc.problem or "").strip()
-    if "maximum nesting depth" in problem:
-        problem = f"nesting is deeper than {MAX_DEPTH} levels"
-    elif "expected a single document" in (exc.context or ""):
-        problem = (
+    if "maximum nesting depth" in found:
+        message = _TOO_DEEP
+    elif "expected a single document" in found:
+        message = (
             "the file holds more than one YAML document ('---'); "
             "a manifest is exactly one document: remove the extra '---' or split the file"
         )
+    elif "cannot start any token" in found or "tab character" in found:
+        char = _char_at(text, mark)
+        if char == "\t" or "tab character" in found:
+            message = (
+                "YAML syntax error: a tab character; YAML indents with spaces only: "
+                "replace the tab with spaces"
+            )
+        else:
+            message = (
+                f"YAML syntax error: a value cannot start with {char!r}: "
+                f"quote the value ('{char}...')"
+            )
     else:
-        context = (exc.context or "").strip()
-        problem = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+        message = (
+            "YAML syntax error: check this line and the one above it "
+            "(indentation, quotes, brackets)"
+        )
+        for needles, at_context, words in _SYNTAX_FIXES:
+            if any(needle in found for needle in needles):
+                message = f"YAML syntax error: {words}"
+                if at_context and exc.context_mark is not None:
+                    mark = exc.context_mark
+                if "duplicate anchor" in found and exc.context_mark is not None:
+                    message += f" (first at line {exc.context_mark.line + 1})"
+                break
+    if mark is None:  # pragma: no cover - PyYAML marks its syntax errors
+        return Diagnostic(name, 0, 0, message)
+    return Diagnostic(name, mark.line + 1, mark.column + 1, message)
+
+
+def _char_at(text: str, mark: yaml.Mark | None) -> str:
     if mark is None:  # pragma: no cover
-        return Diagnostic(name, 0, 0, problem)
-    return Diagnostic(name, mark.line + 1, mark.column + 1, problem)
+        return "?"
+    lines = text.split("\n")
+    if mark.line < len(lines) and mark.column < len(lines[mark.line]):
+        return lines[mark.line][mark.column]
+    return "?"  # pragma: no cover - the mark is always on a character
 
 
 def _iter_children(node: yaml.Node) -> Iterator[yaml.Node]:
@@ -310,7 +438,7 @@ def _check_graph(root: yaml.Node, name: str) -> None:
                         name,
                         mark.line + 1,
                         mark.column + 1,
-                        f"nesting is deeper than {MAX_DEPTH} levels; a manifest needs 5",
+                        _TOO_DEEP,
                     )
                 ]
             )
@@ -405,7 +533,11 @@ class _Builder:
         if tag == _TIMESTAMP:
             return YamlDate(node.value)
         if tag == _MERGE:
-            self._error(node, path, "'<<' (merge) is only allowed as a mapping key")
+            self._error(
+                node,
+                path,
+                "'<<' (merge) is only allowed as a mapping key; quote it to mean the text",
+            )
             return node.value
         self._bad_tag(node, path)
         return node.value
@@ -423,11 +555,22 @@ class _Builder:
             key: Any
             if type(key_node) is yaml.ScalarNode:
                 key = self._scalar(key_node, path)
+                if not isinstance(key, str):
+                    # Every key of a manifest is a name: `yes:` must not become 'True'.
+                    self._error(
+                        key_node,
+                        path,
+                        f"the key {key_node.value} is read by YAML as "
+                        f'{describe_yaml_type(key)}, not text; quote it: "{key_node.value}":',
+                    )
+                    key = key_node.value
             else:
                 key = self.build(key_node, path, depth + 1)
             if isinstance(key, (dict, list)):
                 self._error(
-                    key_node, path, "a mapping key must be a plain value, not a list or mapping"
+                    key_node,
+                    path,
+                    "a mapping key must be plain text, not a list or mapping; write 'name: value'",
                 )
                 continue
             line = key_node.start_mark.line + 1
@@ -456,7 +599,12 @@ class _Builder:
         for source in sources:
             value = self.build(source, path, depth + 1)
             if not isinstance(value, dict):
-                self._error(source, path, "'<<' merges a mapping (or a list of mappings) only")
+                self._error(
+                    source,
+                    path,
+                    "'<<' merges a mapping (or a list of mappings) only: "
+                    "write '<<: *name' where '&name' anchors a mapping",
+                )
                 continue
             for key, item in value.items():
                 # Earlier sources win, as in the YAML merge key spec.

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Generate the reference parts of the docs from their one source of truth.
+
+Each target is a Markdown file: hand-written text above a marker line, generated text
+below it. ``python scripts/gen_docs.py`` rewrites the generated parts; with ``--check``
+it changes nothing and exits 1 when a file differs from what it would write (CI runs
+that, as sqlite-utils does with ``cog --check``).
+
+To add a reference: write a ``render_...() -> str`` function and add a ``Target``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "modelsync" / "schemas" / "manifest.schema.json"
+MARKER = "<!-- Generated below by scripts/gen_docs.py"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A generated file: where it is (from the repository root), its source, its renderer."""
+
+    path: str
+    source: str
+    render: Callable[[], str]
+
+    def marker_line(self) -> str:
+        return (
+            f"{MARKER} from {self.source}: do not edit by hand; "
+            "edit the source, then run python scripts/gen_docs.py -->"
+        )
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _load_schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _literal(value: Any) -> str:
+    return f"`{json.dumps(value) if not isinstance(value, str) else value}`"
+
+
+def _resolve(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = sub.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        resolved: Mapping[str, Any] = defs[ref.rsplit("/", 1)[-1]]
+        return resolved
+    return sub
+
+
+def _value(sub: Mapping[str, Any], defs: Mapping[str, Any], overridden: bool = False) -> str:
+    """What a field holds, in words, from its subschema."""
+    sub = _resolve(sub, defs)
+    if "const" in sub:
+        return _literal(sub["const"])
+    if "enum" in sub:
+        return ", ".join(_literal(v) for v in sub["enum"])
+    kind = sub.get("type")
+    if kind == "array":
+        items = sub.get("items", {})
+        ref = items.get("$ref", "") if isinstance(items, Mapping) else ""
+        return f"list of {ref.rsplit('/', 1)[-1]}s (below)" if ref else "list"
+    if kind == "object":
+        values = sub.get("additionalProperties")
+        if isinstance(values, Mapping):
+            text = f"mapping of name to {_value(values, defs)}"
+            names = sub.get("propertyNames", {}).get("pattern")
+            return text + (f"; names match `{names}`" if names else "")
+        return "mapping (below)"
+    if kind == "string":
+        parts = ["text"]
+        low, high = sub.get("minLength"), sub.get("maxLength")
+        if low is not None and high is not None:
+            parts.append(f"{low}-{high} characters")
+        elif high is not None:
+            parts.append(f"at most {high} characters")
+        elif low is not None:
+            parts.append(f"at least {low} characters")
+        if "pattern" in sub:
+            parts.append(f"matching `{sub['pattern']}`")
+        if "not" in sub and "pattern" in sub["not"]:
+            parts.append(f"not matching `{sub['not']['pattern']}`")
+        if overridden:
+            parts.append("form depends on `model_format` (below)")
+        return ", ".join(parts)
+    return "any"  # pragma: no cover - every field of the schema has a type, enum or const
+
+
+def _conditional_fields(obj: Mapping[str, Any]) -> set[str]:
+    """Fields whose rule an if/then/else adds to."""
+    fields: set[str] = set()
+    for branch in ("then", "else"):
+        fields.update(obj.get(branch, {}).get("properties", {}))
+    return fields
+
+
+def _field_table(obj: Mapping[str, Any], defs: Mapping[str, Any]) -> list[str]:
+    required = set(obj.get("required", ()))
+    conditional = _conditional_fields(obj)
+    lines = ["| field | required | value | description |", "|---|---|---|---|"]
+    for name, sub in obj.get("properties", {}).items():
+        value = _value(sub, defs, overridden=name in conditional)
+        description = _resolve(sub, defs).get("description", "")
+        lines.append(
+            f"| `{name}` | {'yes' if name in required else 'no'} | {_cell(value)} "
+            f"| {_cell(description)} |"
+        )
+    return lines
+
+
+def _conditional_rules(obj: Mapping[str, Any], defs: Mapping[str, Any]) -> list[str]:
+    """The if/then/else of an object, as sentences."""
+    condition = obj.get("if", {}).get("properties", {})
+    if not condition:
+        return []
+    (field, test), *_ = condition.items()
+    when = f"`{field}` is {_literal(test['const'])}" if "const" in test else f"`{field}` matches"
+    lines: list[str] = []
+    for branch, lead in (("then", f"When {when}"), ("else", "Otherwise")):
+        for name, sub in obj.get(branch, {}).get("properties", {}).items():
+            target = _resolve(sub, defs)
+            lines.append(
+                f"- {lead}, `{name}` is {_value(target, defs)}. {target.get('description', '')}"
+            )
+    return lines
+
+
+def render_manifest_reference() -> str:
+    """The field reference of the manifest, from schemas/manifest.schema.json."""
+    schema = _load_schema()
+    defs: Mapping[str, Any] = schema.get("$defs", {})
+    props: Mapping[str, Any] = schema["properties"]
+    out = [
+        "## Field reference",
+        "",
+        f"{schema.get('title', 'The manifest')}. {schema.get('description', '')}",
+        "",
+        "Unknown keys are errors everywhere. `modelsync schema` prints the schema.",
+        "",
+        "### Top level",
+        "",
+        *_field_table(schema, defs),
+    ]
+    for name in props:
+        sub = _resolve(props[name], defs)
+        if sub.get("type") == "object" and "properties" in sub:
+            out += ["", f"### `{name}`", "", *_field_table(sub, defs)]
+    models = _resolve(props["models"], defs)
+    model = _resolve(models.get("items", {}), defs)
+    out += [
+        "",
+        "### A model (an item of `models`)",
+        "",
+        model.get("description", ""),
+        "",
+        *_field_table(model, defs),
+    ]
+    rules = _conditional_rules(model, defs)
+    if rules:
+        out += ["", "### The form of `url`", "", *rules]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- targets
+
+TARGETS: tuple[Target, ...] = (
+    Target("docs/manifest.md", "modelsync/schemas/manifest.schema.json", render_manifest_reference),
+)
+
+
+class DocsError(Exception):
+    """A generated file cannot be updated (no marker line, missing file)."""
+
+
+def expected_text(current: str, target: Target) -> str:
+    """``current`` with everything below the marker line replaced by the generated text."""
+    lines = current.splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        if line.startswith(MARKER):
+            head = "".join(lines[:index])
+            return f"{head}{target.marker_line()}\n\n{target.render()}"
+    raise DocsError(f"{target.path}: no marker line starting with {MARKER!r}; add it")
+
+
+def main(argv: Sequence[str] | None = None, root: Path = REPO) -> int:
+    """Update (or ``--check``) every generated file; 1 when a check finds drift."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a file is out of date"
+    )
+    args = parser.parse_args(argv)
+    status = 0
+    for target in TARGETS:
+        path = root / target.path
+        try:
+            current = path.read_text(encoding="utf-8")
+            wanted = expected_text(current, target)
+        except (OSError, DocsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if current == wanted:
+            continue
+        if args.check:
+            print(
+                f"{target.path} is out of date with {target.source}: "
+                "run python scripts/gen_docs.py and commit the result",
+                file=sys.stderr,
+            )
+            status = 1
+        else:
+            path.write_text(wanted, encoding="utf-8")
+            print(f"updated {target.path}")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

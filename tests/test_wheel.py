@@ -1,0 +1,111 @@
+"""The wheel: built from the sources, installed in a fresh venv, run from there.
+
+Offline by construction: the wheel is built without build isolation (the running
+environment's setuptools, from the ``test`` extra) and installed with ``--no-index``;
+the runtime dependencies come from the running environment through a ``.pth`` file,
+so nothing is downloaded. The sources are copied first so the build never writes
+into the work tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
+    env["PIP_NO_INDEX"] = "1"  # never the network, whatever the command
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "modelsync",
+        source / "modelsync",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    dist = tmp_path / "dist"
+    result = run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), "."],
+        source,
+    )
+    assert result.returncode == 0, (
+        "building the wheel offline failed; the running environment needs the build backend "
+        "of pyproject.toml [build-system] (pip install -e '.[test]' installs it):\n"
+        + result.stdout[-3000:]
+        + result.stderr[-3000:]
+    )
+    wheels = list(dist.glob("modelsync-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def fresh_venv(tmp_path: Path) -> Path:
+    venv = tmp_path / "venv"
+    result = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    python = venv / "bin" / "python"
+    site = run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path
+    )
+    # The runtime dependencies (click, PyYAML, jsonschema...) from the running environment.
+    # A path in a .pth file is appended after the venv's own site-packages and its own .pth
+    # files are not run, so the editable install of the work tree stays out of sight.
+    parent = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site.stdout.strip(), "parent-deps.pth").write_text("\n".join(sorted(parent)) + "\n")
+    return venv
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path)
+    venv = fresh_venv(tmp_path)
+    python = venv / "bin" / "python"
+    install = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        tmp_path,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    where = run([str(python), "-c", "import modelsync; print(modelsync.__file__)"], tmp_path)
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
+
+    script = venv / "bin" / "modelsync"
+    schema = run([str(script), "schema"], tmp_path)
+    assert schema.returncode == 0, schema.stderr
+    shipped = (REPO / "modelsync" / "schemas" / "manifest.schema.json").read_text("utf-8")
+    assert schema.stdout == shipped
+    assert schema.stderr == ""
+
+    example = REPO / "manifests" / "example.yaml"
+    validate = run([str(script), "validate", str(example)], tmp_path)
+    assert (validate.returncode, validate.stderr) == (0, ""), validate.stdout + validate.stderr
+    assert validate.stdout.startswith(f"{example}: valid (")
