@@ -247,7 +247,10 @@ def _print_plan(plan: Any, target: Any, output_format: str) -> None:
                 state=str(target.state_path),
                 verbose=g.verbosity >= 1,
                 color=g.color,
-            )
+            ),
+            # click strips escapes on a non-terminal unless told: --color always must survive
+            # a pipe (`| less -R`), and g.color already holds the --color/NO_COLOR decision.
+            color=g.color,
         )
 
 
@@ -439,7 +442,20 @@ def apply(
     if output_format == "json":
         click.echo(output.dump_json(document))
     else:
-        click.echo(output.render_summary(report, color=_globals().color))
+        use_color = _globals().color
+        click.echo(output.render_summary(report, color=use_color), color=use_color)
+    if report.exit_code == ExitCode.AUTH:
+        if sandbox:
+            source = "the sandbox's own key"
+        elif api_key_file:
+            source = f"the file {api_key_file} (--api-key-file)"
+        else:
+            source = f"the environment variable {target.manifest.api_key_env}"
+        _echo_err(
+            f"Error: {report.stop_reason}; nothing more was sent. The API key (not shown) "
+            f"comes from {source}: check that it is valid and that its account has credits, "
+            "then run apply again."
+        )
     return int(report.exit_code)
 
 
