@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from modelsync.client import LoadModelClient, SubmitResult
 from modelsync.errors import ExitCode
-from modelsync.plan import Change, Plan
+from modelsync.plan import Change, Plan, force_load_for
 from modelsync.state import ModelRecord, StateStore, utc_now
 
 log = logging.getLogger("modelsync.apply")
@@ -108,13 +108,20 @@ class StopFlag:
         self._lock = threading.Lock()
         self.reason: str | None = None
         self.exit_code = ExitCode.OK
+        self._provisional = False
 
-    def set(self, reason: str, exit_code: ExitCode) -> None:
-        """Stop, unless already stopped for an earlier reason."""
+    def set(self, reason: str, exit_code: ExitCode, *, provisional: bool = False) -> None:
+        """Stop, unless already stopped for an earlier reason.
+
+        A provisional reason stops at once and gives way to the next reason with the same
+        exit code: the gate, which only knows the HTTP status, stops the run before
+        another request can start; the runner then fills in the server's message.
+        """
         with self._lock:
-            if self.reason is None:
+            if self.reason is None or (self._provisional and exit_code == self.exit_code):
                 self.reason = reason
                 self.exit_code = exit_code
+                self._provisional = provisional
         self._event.set()
 
     def is_set(self) -> bool:
@@ -127,7 +134,15 @@ class StopFlag:
 
 
 class AdaptiveGate:
-    """Limits requests in flight: halve on 429, add one after enough successes (AIMD)."""
+    """Limits requests in flight: halve on 429, add one after enough successes (AIMD).
+
+    Two refinements keep 429s rare, since each one costs an entry one of its attempts:
+    the limit only grows on successes that ran with every slot taken, and growing back
+    to the number in flight that the server last refused takes ``PROBE_FACTOR`` times
+    as many successes (until a limit above that level has worked).
+    """
+
+    PROBE_FACTOR = 8
 
     def __init__(
         self, limit: int, *, clock: Callable[[], float] = time.monotonic, cooldown_s: float = 1.0
@@ -137,6 +152,7 @@ class AdaptiveGate:
         self._in_flight = 0
         self._successes = 0
         self._last_cut = float("-inf")
+        self._refused_at: int | None = None  # requests in flight at a 429
         self._clock = clock
         self._cooldown = cooldown_s
         self._cond = threading.Condition()
@@ -153,21 +169,32 @@ class AdaptiveGate:
     def release(self, verdict_kind: str, http_status: int | None) -> None:
         """Free the slot and adapt the limit to the answer."""
         with self._cond:
+            in_flight = self._in_flight
             self._in_flight -= 1
             if http_status == 429:
                 self.throttled += 1
                 now = self._clock()
-                # Several requests in flight see the same overload: cut once per cooldown.
+                # Several requests in flight see the same overload: halve once per cooldown.
                 if now - self._last_cut >= self._cooldown:
                     self.limit = max(1, self.limit // 2)
-                    self.lowest = min(self.lowest, self.limit)
                     self._last_cut = now
+                # The lowest level refused that no limit has since proven wrong.
+                self._refused_at = min(self._refused_at or in_flight, in_flight)
+                self.lowest = min(self.lowest, self.limit)
                 self._successes = 0
-            elif verdict_kind == "submitted":
+            elif verdict_kind == "submitted" and in_flight >= self.limit:
+                # Only successes with every slot taken say anything about a higher limit:
+                # counting those of a half-idle gate (workers asleep in a backoff) would
+                # raise it back to where the 429s came from just as those workers retry.
                 self._successes += 1
-                if self._successes >= self.limit and self.limit < self.maximum:
+                needed = self.limit
+                if self._refused_at is not None and self.limit + 1 >= self._refused_at:
+                    needed *= self.PROBE_FACTOR
+                if self._successes >= needed and self.limit < self.maximum:
                     self.limit += 1
                     self._successes = 0
+                    if self._refused_at is not None and self.limit > self._refused_at:
+                        self._refused_at = None  # the server has room again
             self._cond.notify_all()
 
 
@@ -185,6 +212,16 @@ class _HealthWatch:
         self._local.model_id = model_id
 
     def observe(self, verdict_kind: str, http_status: int | None) -> None:
+        if verdict_kind in ("auth", "account"):
+            # No request may start after this answer, not even one already waiting for a slot.
+            what = (
+                "authentication failed"
+                if verdict_kind == "auth"
+                else "the account cannot load models"
+            )
+            status = f" (HTTP {http_status})" if http_status is not None else ""
+            self._stop.set(f"{what}{status}", ExitCode.AUTH, provisional=True)
+            return
         if http_status == 429:
             return  # pacing, not an outage
         with self._lock:
@@ -203,18 +240,38 @@ class _HealthWatch:
 
 
 class _WatchedGate:
-    """The adaptive gate, reporting every answer to the health watch too."""
+    """The adaptive gate, reporting every answer to the health watch before freeing its slot.
+
+    The watch hears an answer before anyone else can start a request, so a stop it
+    decides (a refused key, no credits, the API down) holds for every request after it.
+    The run's first request goes alone: a bad key or an empty account then costs one
+    request, not ``--parallelism`` of them sent at once.
+    """
 
     def __init__(self, gate: AdaptiveGate, watch: _HealthWatch) -> None:
         self._gate = gate
         self._watch = watch
+        self._answered = threading.Event()  # the first answer came back
+        self._first = threading.Lock()  # held by the request that goes first
+        self._local = threading.local()
 
     def acquire(self) -> None:
+        if not self._answered.is_set():
+            self._first.acquire()
+            if self._answered.is_set():
+                self._first.release()
+            else:
+                self._local.first = True
         self._gate.acquire()
 
     def release(self, verdict_kind: str, http_status: int | None) -> None:
-        self._gate.release(verdict_kind, http_status)
         self._watch.observe(verdict_kind, http_status)
+        self._gate.release(verdict_kind, http_status)
+        if getattr(self._local, "first", False):
+            self._local.first = False
+            if verdict_kind not in ("stopped", "deadline"):  # these sent nothing
+                self._answered.set()
+            self._first.release()
 
 
 def make_gate(parallelism: int, stop: StopFlag) -> tuple[AdaptiveGate, _WatchedGate, _HealthWatch]:
@@ -336,12 +393,19 @@ def _submit_one(
         ),
     )
     watch.bind(spec.model_id)
+    # An attempt whose answer was lost may have created the model: from then on the entry
+    # is a retry, sent as the next run would send it (force_load yes unless written).
+    resend_force_load = force_load_for(spec, "retry")
+    resend = resend_force_load if resend_force_load != change.force_load else None
     result: SubmitResult = client.submit(
         spec.body(change.force_load),
         model_id=spec.model_id,
         should_stop=stop.is_set,
         deadline=deadline,
+        resend_body=spec.body(resend) if resend is not None else None,
     )
+    if result.resent and resend is not None:
+        request = spec.request(resend)  # the state keeps the body as last sent
     now = utc_now()
     if result.outcome == "submitted":
         record = ModelRecord(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from modelsync import __version__
@@ -81,6 +82,15 @@ class Verdict:
     message: str
     retry_after: float | None
     response: Mapping[str, Any] | None
+    # True only when the request certainly never reached the server (no connection).
+    unsent: bool = False
+
+    @property
+    def may_have_loaded(self) -> bool:
+        """True when the server may have acted on the request although it did not say so."""
+        # A 429 is refused before the queue; every other unclear answer (a connection
+        # dropped after sending, a read timeout, a 5xx, an unreadable 200) may hide a load.
+        return self.kind == "retryable" and not self.unsent and self.http_status != 429
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class SubmitResult:
     response: Mapping[str, Any] | None
     duration_s: float
     retryable_failures: int
+    resent: bool = False  # the last attempt sent ``resend_body`` (see LoadModelClient.submit)
 
 
 class AttemptGate(Protocol):
@@ -444,13 +455,20 @@ class LoadModelClient:
         should_stop: Callable[[], bool] = lambda: False,
         deadline: float | None = None,
         on_retry: Callable[[int, Verdict, float], None] | None = None,
+        resend_body: Mapping[str, str] | None = None,
     ) -> SubmitResult:
-        """POST one model (``body`` without the key), retrying what can be retried."""
+        """POST one model (``body`` without the key), retrying what can be retried.
+
+        ``resend_body`` replaces ``body`` for the attempts after one that may have loaded
+        the model unannounced (``Verdict.may_have_loaded``): a create retries as a reload.
+        """
         start = self._clock()
         payload = dict(body)
         payload["key"] = self._api_key
         attempts = 0
         retryable_failures = 0
+        uncertain = False  # an earlier attempt may have loaded the model
+        resent = False
         last: Verdict | None = None
         extra = {"model_id": model_id}
 
@@ -463,6 +481,7 @@ class LoadModelClient:
                 response=last.response if last else None,
                 duration_s=self._clock() - start,
                 retryable_failures=retryable_failures,
+                resent=resent,
             )
 
         def after_last(prefix: str) -> str:
@@ -511,12 +530,15 @@ class LoadModelClient:
                 return finish("account" if verdict.kind == "account" else "auth", verdict.message)
             if verdict.kind == "failed":
                 if _says(_normalize(verdict.message), _EXISTS_PHRASES):
-                    return finish("failed", _exists_hint(model_id, body.get("force_load")))
+                    hint = _exists_hint(model_id, payload.get("force_load"), uncertain)
+                    return finish("failed", hint)
                 return finish("failed", verdict.message)
 
             # Retryable. 429 is pacing (the gate slows down), not a sign the API is down.
             if verdict.http_status != 429:
                 retryable_failures += 1
+            uncertain = uncertain or verdict.may_have_loaded
+            switch_to = resend_body if uncertain and not resent else None
             if attempt + 1 >= self._max_attempts:
                 break
             if verdict.retry_after is not None:
@@ -540,13 +562,22 @@ class LoadModelClient:
                     f"(wait {_fmt_seconds(wait)} s) after {_attempt_count(attempts)}; "
                     f"last: {_reason(verdict)}",
                 )
+            note = ""
+            if switch_to is not None:
+                payload = {**switch_to, "key": self._api_key}
+                resent = True
+                note = (
+                    f", with force_load: {switch_to.get('force_load')} since the failed "
+                    "attempt may have loaded the model"
+                )
             self._logger.info(
-                "%s: attempt %d of %d failed (%s); retrying in %s s",
+                "%s: attempt %d of %d failed (%s); retrying in %s s%s",
                 model_id,
                 attempts,
                 self._max_attempts,
                 _reason(verdict),
                 _fmt_seconds(wait),
+                note,
                 extra=extra,
             )
             if on_retry is not None:
@@ -624,6 +655,9 @@ class LoadModelClient:
 
     def _transport_verdict(self, exc: requests.RequestException) -> Verdict:
         kind: Kind = "retryable"
+        # Refused or timed out while connecting: the request never left this machine.
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        unsent = isinstance(reason, urllib3.exceptions.NewConnectionError)
         if isinstance(
             exc,
             requests.exceptions.InvalidURL
@@ -636,6 +670,7 @@ class LoadModelClient:
             kind, label = "failed", "cannot send the request (check target.endpoint / --endpoint)"
         elif isinstance(exc, requests.exceptions.ConnectTimeout):
             label = f"connect timeout: no connection within {_fmt_seconds(self._timeout[0])} s"
+            unsent = True
         elif isinstance(exc, requests.exceptions.ReadTimeout):
             label = f"read timeout: no answer within {_fmt_seconds(self._timeout[1])} s"
         elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
@@ -647,7 +682,7 @@ class LoadModelClient:
         # Exception texts carry URLs (and whatever a proxy put there): redact them.
         detail = _clip(self._scrub(str(exc)), 300)
         message = f"{label} ({type(exc).__name__}): {detail}" if detail else label
-        return Verdict(kind, None, message, None, None)
+        return Verdict(kind, None, message, None, None, unsent=unsent)
 
 
 def _reason(verdict: Verdict) -> str:
@@ -656,13 +691,18 @@ def _reason(verdict: Verdict) -> str:
     return f"HTTP {verdict.http_status}: {verdict.message}"
 
 
-def _exists_hint(model_id: str, force_load: str | None) -> str:
+def _exists_hint(model_id: str, force_load: str | None, uncertain: bool = False) -> str:
     if force_load == "yes":
         return (
             f"model id '{model_id}' already exists on the account and was not reloaded "
             f"even with force_load: yes: run 'modelsync state adopt {model_id}' to record it"
         )
+    maybe_ours = (
+        " (an earlier attempt of this run may have loaded it before its answer was lost)"
+        if uncertain
+        else ""
+    )
     return (
-        f"model id '{model_id}' already exists on the account: run 'modelsync state adopt "
-        f"{model_id}' to record it, or set force_load: yes to reload it"
+        f"model id '{model_id}' already exists on the account{maybe_ours}: run 'modelsync "
+        f"state adopt {model_id}' to record it, or set force_load: yes to reload it"
     )

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 import requests_mock as rm
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from modelsync import redact
@@ -431,6 +432,95 @@ def test_submit_already_exists_with_force_load_yes(
     )
 
 
+# ------------------------------------------- a lost answer: the create retries as a reload
+
+RELOAD = {**BODY, "force_load": "yes"}
+EXISTS = {"status": "error", "message": "Model id already exists"}
+
+
+def _refused() -> requests.exceptions.ConnectionError:
+    # What requests raises when nothing listens: the cause is urllib3's NewConnectionError.
+    reason = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
+    return requests.exceptions.ConnectionError(
+        urllib3.exceptions.MaxRetryError(None, "/api/v3/load_model", reason)  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        {"exc": requests.exceptions.ConnectionError("Connection aborted.")},
+        {"exc": requests.exceptions.ReadTimeout("read timed out")},
+        {"exc": requests.exceptions.ChunkedEncodingError("Connection reset by peer")},
+        {"status_code": 503, "text": ""},
+        {"status_code": 200, "text": '{"status":"succ'},
+    ],
+    ids=["reset", "read timeout", "broken answer", "5xx", "truncated 200"],
+)
+def test_submit_resends_the_reload_body_after_an_answer_that_may_hide_a_load(
+    requests_mock: rm.Mocker,
+    make_client: Callable[..., LoadModelClient],
+    caplog: pytest.LogCaptureFixture,
+    lost: dict[str, Any],
+) -> None:
+    requests_mock.post(ENDPOINT, [lost, {"status_code": 500, "text": ""}, {"json": OK}])
+    caplog.set_level(logging.INFO, logger="modelsync.client")
+    result = make_client().submit(BODY, model_id="m", resend_body=RELOAD)
+    sent = [r.json() for r in requests_mock.request_history]
+    assert [b["force_load"] for b in sent] == ["no", "yes", "yes"]
+    assert sent[1] == {**RELOAD, "key": KEY}
+    assert (result.outcome, result.attempts, result.resent) == ("submitted", 3, True)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos[0].endswith(
+        ", with force_load: yes since the failed attempt may have loaded the model"
+    )
+    assert "force_load" not in infos[1]
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        {"status_code": 429, "json": {"status": "error", "message": "Rate limit exceeded"}},
+        {"exc": requests.exceptions.ConnectTimeout("timed out")},
+        {"exc": _refused()},
+    ],
+    ids=["429", "connect timeout", "connection refused"],
+)
+def test_submit_keeps_the_body_after_an_attempt_that_loaded_nothing(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], refused: dict[str, Any]
+) -> None:
+    requests_mock.post(ENDPOINT, [refused, {"json": OK}])
+    result = make_client().submit(BODY, model_id="m", resend_body=RELOAD)
+    assert [r.json()["force_load"] for r in requests_mock.request_history] == ["no", "no"]
+    assert (result.outcome, result.attempts, result.resent) == ("submitted", 2, False)
+
+
+def test_submit_without_resend_body_says_the_lost_attempt_may_have_loaded_it(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
+) -> None:
+    # force_load: no written in the manifest is sent as written, even after a lost answer.
+    requests_mock.post(
+        ENDPOINT, [{"exc": requests.exceptions.ConnectionError("aborted")}, {"json": EXISTS}]
+    )
+    result = make_client().submit(BODY, model_id="majicmix-realistic")
+    assert [r.json()["force_load"] for r in requests_mock.request_history] == ["no", "no"]
+    assert (result.outcome, result.attempts, result.resent) == ("failed", 2, False)
+    assert result.message == (
+        "model id 'majicmix-realistic' already exists on the account (an earlier attempt of "
+        "this run may have loaded it before its answer was lost): run 'modelsync state adopt "
+        "majicmix-realistic' to record it, or set force_load: yes to reload it"
+    )
+
+
+def test_submit_reload_refused_as_existing_gives_the_force_load_yes_hint(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
+) -> None:
+    requests_mock.post(ENDPOINT, [{"status_code": 502, "text": ""}, {"json": EXISTS}])
+    result = make_client().submit(BODY, model_id="majicmix-realistic", resend_body=RELOAD)
+    assert (result.outcome, result.attempts, result.resent) == ("failed", 2, True)
+    assert "was not reloaded even with force_load: yes" in result.message
+
+
 # --------------------------------------------------------------------------- redirects
 
 
@@ -549,7 +639,8 @@ def test_submit_retries_transport_errors(
     requests_mock.post(ENDPOINT, [{"exc": exc}, {"json": OK}])
     seen: list[Verdict] = []
     result = make_client().submit(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
-    assert seen == [Verdict("retryable", None, message, None, None)]
+    unsent = isinstance(exc, requests.exceptions.ConnectTimeout)
+    assert seen == [Verdict("retryable", None, message, None, None, unsent=unsent)]
     assert (result.outcome, result.attempts, result.retryable_failures) == ("submitted", 2, 1)
 
 
