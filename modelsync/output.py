@@ -103,7 +103,7 @@ class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         model_id = getattr(record, "model_id", None)
-        if model_id:
+        if model_id and not message.startswith(f"{model_id}: "):
             message = f"{model_id}: {message}"
         level = record.levelname.lower()
         if record.levelno >= logging.WARNING:
