@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import traceback
@@ -130,18 +131,32 @@ def _run(args: Sequence[str] | None) -> int:
         result = cli.main(args=args, prog_name="modelsync", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except SystemExit as exc:
+        # Shell completion (_MODELSYNC_COMPLETE) ends with sys.exit(); main() returns codes.
+        return exc.code if isinstance(exc.code, int) else int(ExitCode.FAILED)
     except click.exceptions.Abort:
         _echo_err("Aborted.")
         return int(ExitCode.SIGINT)
     except click.ClickException as exc:
         # Usage errors (unknown option, bad value...) are 64, never 2: 2 means "changes".
-        exc.show()
+        if output.json_logs():
+            _echo_err(f"Error: {exc.format_message()}")
+        else:
+            exc.show()
         return int(ExitCode.USAGE)
     return int(result) if isinstance(result, int) else 0
 
 
+def _follows(argv: Sequence[str], flag: str, value: str) -> bool:
+    return any(a == flag and b == value for a, b in itertools.pairwise(argv))
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Run the command line; the one place that maps exceptions to exit codes."""
+    argv = list(sys.argv[1:] if args is None else args)
+    # Known before click parses anything, so that even a usage error is a JSON record.
+    json_logs = "--log-format=json" in argv or _follows(argv, "--log-format", "json")
+    output.setup_logging(0, "json" if json_logs else "text", color=False)
     try:
         return _run(args)
     except ManifestError as exc:

@@ -50,6 +50,16 @@ def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
 _LOG_FORMAT = {"json": False}
 
 
+def set_log_format(log_format: str) -> None:
+    """Choose how :func:`stderr` writes: plain lines or JSON records."""
+    _LOG_FORMAT["json"] = log_format == "json"
+
+
+def json_logs() -> bool:
+    """True when messages on stderr are JSON records (--log-format json)."""
+    return _LOG_FORMAT["json"]
+
+
 def stderr(text: str, level: int | None = None) -> None:
     """A message for people on stderr: a plain line, or a JSON log record with --log-format json.
 
@@ -118,7 +128,7 @@ class _TextFormatter(logging.Formatter):
 
 def setup_logging(verbosity: int, log_format: str, *, color: bool) -> logging.Logger:
     """One stderr handler on the ``modelsync`` logger, with the redacting filter."""
-    _LOG_FORMAT["json"] = log_format == "json"
+    set_log_format(log_format)
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)

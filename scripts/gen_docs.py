@@ -177,10 +177,128 @@ def render_manifest_reference() -> str:
     return "\n".join(out) + "\n"
 
 
+# --------------------------------------------------------------------------- command line
+
+
+def _text(text: str) -> str:
+    """Help text safe in Markdown prose (``<manifest stem>`` is not an HTML tag)."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _help_markdown(help_text: str) -> list[str]:
+    """A click docstring as Markdown: paragraphs rejoined, ``\\b`` blocks kept line by line,
+    their indented lines (the examples) as shell code blocks."""
+    import inspect
+
+    out: list[str] = []
+    for paragraph in inspect.cleandoc(help_text).split("\n\n"):
+        lines = paragraph.splitlines()
+        if lines and lines[0].strip() == "\b":
+            code: list[str] = []
+            for line in [*lines[1:], ""]:
+                if line.startswith(" ") and line.strip():
+                    code.append(line)
+                    continue
+                if code:
+                    indent = min(len(c) - len(c.lstrip()) for c in code)
+                    out += ["```sh", *(c[indent:] for c in code), "```", ""]
+                    code = []
+                if line.strip():
+                    out += [_text(line.strip()), ""]
+        else:
+            out += [_text(" ".join(line.strip() for line in lines)), ""]
+    return out
+
+
+def _option_row(option: Any, ctx: Any) -> str:
+    import click
+
+    names = click.formatting.join_options([*option.opts, *option.secondary_opts])[0]
+    extra = option.get_help_extra(ctx)
+    if option.count:
+        value = "flag, repeatable"
+    elif option.is_flag:
+        value = "flag"
+    elif isinstance(option.type, click.Choice):
+        value = " \\| ".join(f"`{choice}`" for choice in option.type.choices)
+    else:
+        value = f"`{option.make_metavar(ctx).removesuffix(' RANGE')}`"
+        if "range" in extra:
+            value += f" ({extra['range']})"
+    if option.multiple:
+        value += ", repeatable"
+    default = f"`{extra['default']}`" if "default" in extra else ""
+    if extra.get("required"):
+        default = "required"
+    return f"| `{names}` | {value} | {default} | {_cell(_text(option.help or ''))} |"
+
+
+def _command_section(command: Any, ctx: Any, level: int) -> list[str]:
+    import click
+
+    path = ctx.command_path
+    usage = " ".join([path, *command.collect_usage_pieces(ctx)])
+    out = [f"{'#' * level} `{path}`", "", "```text", f"Usage: {usage}", "```", ""]
+    out += _help_markdown(command.help or "")
+    options = [
+        p
+        for p in command.get_params(ctx)
+        if isinstance(p, click.Option) and not p.hidden and "--help" not in p.opts
+    ]
+    if options:
+        out += ["| option | value | default | description |", "|---|---|---|---|"]
+        out += [_option_row(option, ctx) for option in options]
+        out.append("")
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            if sub.hidden:
+                continue
+            sub_ctx = sub.make_context(name, [], parent=ctx, resilient_parsing=True)
+            out += _command_section(sub, sub_ctx, level + 1)
+    return out
+
+
+def _command_index(command: Any, prefix: str) -> list[str]:
+    import click
+
+    out: list[str] = []
+    for name, sub in command.commands.items():
+        if sub.hidden:
+            continue
+        path = f"{prefix} {name}"
+        anchor = path.replace(" ", "-")
+        out.append(f"- [`{path}`](#{anchor}): {_text(sub.get_short_help_str(limit=200))}")
+        if isinstance(sub, click.Group):
+            out += ["  " + line for line in _command_index(sub, path)]
+    return out
+
+
+def render_cli_reference() -> str:
+    """The reference of every command and option, from the click command tree itself."""
+    if str(REPO) not in sys.path:  # run as a script without the package installed
+        sys.path.insert(0, str(REPO))
+    from modelsync.cli import cli
+
+    # resilient_parsing: build every context without requiring arguments or running anything.
+    ctx = cli.make_context("modelsync", [], resilient_parsing=True)
+    out = [
+        "## Command reference",
+        "",
+        "Every command also takes `-h`/`--help`. The global options go before the command:",
+        "`modelsync --log-format json apply ...`.",
+        "",
+        *_command_index(cli, "modelsync"),
+        "",
+        *_command_section(cli, ctx, 3),
+    ]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
 # --------------------------------------------------------------------------- targets
 
 TARGETS: tuple[Target, ...] = (
     Target("docs/manifest.md", "modelsync/schemas/manifest.schema.json", render_manifest_reference),
+    Target("docs/cli.md", "modelsync/cli.py", render_cli_reference),
 )
 
 

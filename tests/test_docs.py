@@ -6,9 +6,11 @@ import importlib.util
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import click
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +86,61 @@ def test_missing_marker_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     path.write_text("# The manifest\n\nno marker here\n", "utf-8")
     assert gen_docs.main(["--check"], root=tmp_path) == 2
     assert "no marker line" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- docs/cli.md
+
+
+def test_cli_reference_is_up_to_date() -> None:
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    target = next(t for t in gen_docs.TARGETS if t.path == "docs/cli.md")
+    assert text == gen_docs.expected_text(text, target), (
+        "docs/cli.md differs from the CLI: run python scripts/gen_docs.py"
+    )
+
+
+def _walk(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, f"{path} {name}")
+
+
+def test_cli_reference_has_every_command_and_option() -> None:
+    from modelsync.cli import cli
+
+    reference = gen_docs.render_cli_reference()
+    for path, command in _walk(cli, "modelsync"):
+        assert f"`{path}`\n\n```text\nUsage: {path} [OPTIONS]" in reference, path
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert f"| `{', '.join(sorted(param.opts, key=len))}` |" in reference, param.opts
+                assert param.help and gen_docs._cell(gen_docs._text(param.help)) in reference
+                if isinstance(param.type, click.Choice):
+                    assert " \\| ".join(f"`{c}`" for c in param.type.choices) in reference
+
+
+def test_cli_reference_check_fails_when_the_cli_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelsync.cli import cli
+
+    _copy_docs(tmp_path)
+    plan = cli.commands["plan"]
+    option = next(p for p in plan.params if p.name == "detailed_exitcode")
+    monkeypatch.setattr(option, "help", "Exit 2 on changes.")
+    assert gen_docs.main(["--check"], root=tmp_path) == 1
+    assert "docs/cli.md is out of date with modelsync/cli.py" in capsys.readouterr().err
+    assert gen_docs.main([], root=tmp_path) == 0
+    assert "| `--detailed-exitcode` | flag |  | Exit 2 on changes. |" in (
+        tmp_path / "docs" / "cli.md"
+    ).read_text(encoding="utf-8")
+
+
+def test_cli_reference_keeps_the_hand_written_intro() -> None:
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    intro = text.split(gen_docs.MARKER, 1)[0]
+    for heading in ("## Global options", "## Exit codes", "## Shell completion"):
+        assert heading in intro
+    for code in (0, 1, 2, 3, 4, 5, 64, 70):
+        assert f"\n| {code} |" in intro

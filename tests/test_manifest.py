@@ -1639,3 +1639,30 @@ def test_environment_is_not_read_when_env_is_given(
     with pytest.raises(ManifestError):
         load(tmp_path, with_model(url=TOKEN_URL), env={})
     assert os.environ["CIVITAI_TOKEN"] == "from-the-process"
+
+
+def test_validate_several_missing_fields_are_each_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # jsonschema gives one "required" error per missing field; each names them all.
+    monkeypatch.chdir(tmp_path)
+    Path("m.yaml").write_text(HEAD + "  - model_id: majicmix\n", encoding="utf-8")
+    code, out, err = run_validate(capsys, "m.yaml")
+    assert (code, out) == (3, [])
+    assert err == invalid(
+        "m.yaml",
+        [
+            at(
+                3,
+                "missing required field 'model_category'; add 'model_category:' with one of "
+                "'stable_diffusion', 'stable_diffusion_xl', 'controlnet', 'lora', "
+                "'embeddings', 'vae', 'flux', 'z_image'",
+            ),
+            at(
+                3,
+                "missing required field 'model_format'; add 'model_format:' with one of "
+                "'diffusers', 'safetensors', 'ckpt'",
+            ),
+            at(3, "missing required field 'url'; add 'url:'"),
+        ],
+    )
