@@ -14,11 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modelsync.client import LoadModelClient, SubmitResult
+from modelsync.client import LoadModelClient, SubmitResult, Verdict
 from modelsync.errors import ExitCode
 from modelsync.plan import Change, Plan, force_load_for
 from modelsync.state import ModelRecord, StateStore, utc_now
@@ -281,6 +281,47 @@ def make_gate(parallelism: int, stop: StopFlag) -> tuple[AdaptiveGate, _WatchedG
     return gate, _WatchedGate(gate, watch), watch
 
 
+class Backoffs:
+    """Submissions waiting out a retry backoff, which hold no request slot meanwhile.
+
+    The client sleeps through :meth:`sleep` between attempts, and the runner starts
+    another submission for each one asleep: ``--parallelism`` bounds the requests in
+    flight (the gate), not the models waiting to retry. With 10% of answers a 5xx,
+    backoffs would otherwise keep the workers idle longer than the requests keep them busy.
+    A wait the server asked for (a 429, a Retry-After) is pacing, not a backoff: that
+    submission keeps its place, since more submissions would only be refused too.
+    """
+
+    # At most this many submissions per worker are started at once (asleep or not).
+    ROOM = 4
+
+    def __init__(self, stop: StopFlag) -> None:
+        self._stop = stop
+        self.changed = threading.Condition()  # also wakes the runner when a submission ends
+        self.asleep = 0
+        self._local = threading.local()
+
+    def before_sleep(self, _attempts: int, verdict: Verdict, _wait: float) -> None:
+        """The client's ``on_retry``: tells whether the coming wait is pacing."""
+        self._local.pacing = verdict.http_status == 429 or verdict.retry_after is not None
+
+    def sleep(self, seconds: float) -> None:
+        """Wait before a retry (a stop cuts it short); a backoff counts as asleep."""
+        pacing = getattr(self._local, "pacing", False)
+        self._local.pacing = False
+        if pacing:
+            self._stop.sleep(seconds)
+            return
+        with self.changed:
+            self.asleep += 1
+            self.changed.notify_all()
+        try:
+            self._stop.sleep(seconds)
+        finally:
+            with self.changed:
+                self.asleep -= 1
+
+
 def run_apply(
     plan: Plan,
     store: StateStore,
@@ -291,32 +332,61 @@ def run_apply(
     watch: _HealthWatch,
     on_result: Callable[[Result], None] = lambda _r: None,
     clock: Callable[[], float] = time.monotonic,
+    backoffs: Backoffs | None = None,
 ) -> Report:
-    """Submit every create/update/retry of ``plan``, recording each result as it comes."""
+    """Submit every create/update/retry of ``plan``, recording each result as it comes.
+
+    ``backoffs`` is what the client sleeps through between attempts, when it does.
+    """
     deadline = None if options.deadline_s is None else clock() + options.deadline_s
     todo = plan.to_submit
     results: dict[str, Result] = {}
+    if backoffs is None:
+        backoffs = Backoffs(stop)  # nobody sleeps through it: no submission counts as asleep
+    changed = backoffs.changed
 
     def work(change: Change) -> Result:
-        return _submit_one(change, store, client, stop, watch, deadline, clock)
+        return _submit_one(
+            change, store, client, stop, watch, deadline, clock, backoffs.before_sleep
+        )
+
+    def ended(_future: Future[Result]) -> None:
+        with changed:
+            changed.notify_all()
 
     if todo:
         workers = max(1, min(options.parallelism, len(todo)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelsync") as pool:
+        threads = min(len(todo), workers * Backoffs.ROOM)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="modelsync") as pool:
             pending: dict[Future[Result], Change] = {}
             queue = list(reversed(todo))
+
+            def room() -> bool:
+                # At most `workers` submissions started and not asleep in a backoff, and no
+                # more than the pool's threads: a stop then leaves the rest unstarted
+                # instead of queued inside the pool.
+                return (
+                    bool(queue)
+                    and len(pending) < threads
+                    and len(pending) - backoffs.asleep < workers
+                    and not stop.is_set()
+                )
+
             while queue or pending:
-                # Keep at most `workers` submissions started: a stop then leaves the rest
-                # unstarted instead of queued inside the pool.
-                while queue and len(pending) < workers and not stop.is_set():
+                while room():
                     if deadline is not None and clock() >= deadline:
                         stop.set("the --deadline passed", ExitCode.FAILED)
                         break
                     change = queue.pop()
-                    pending[pool.submit(work, change)] = change
+                    future = pool.submit(work, change)
+                    pending[future] = change
+                    future.add_done_callback(ended)
                 if not pending:
                     break
-                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                with changed:
+                    if not room() and not any(f.done() for f in pending):
+                        changed.wait(timeout=0.5)
+                done = [f for f in pending if f.done()]
                 for future in done:
                     change = pending.pop(future)
                     result = future.result()
@@ -362,6 +432,7 @@ def _submit_one(
     watch: _HealthWatch,
     deadline: float | None,
     clock: Callable[[], float],
+    on_retry: Callable[[int, Verdict, float], None] | None = None,
 ) -> Result:
     spec = change.spec
     assert spec is not None and change.force_load is not None
@@ -403,6 +474,7 @@ def _submit_one(
         should_stop=stop.is_set,
         deadline=deadline,
         resend_body=spec.body(resend) if resend is not None else None,
+        on_retry=on_retry,
     )
     if result.resent and resend is not None:
         request = spec.request(resend)  # the state keeps the body as last sent
@@ -459,12 +531,6 @@ def _submit_one(
             response=dict(result.response) if result.response is not None else None,
             last_error=result.message,
         ),
-    )
-    log.warning(
-        "failed after %d attempt(s): %s",
-        result.attempts,
-        result.message,
-        extra={"model_id": spec.model_id, "outcome": "failed", "http_status": result.http_status},
     )
     return Result(
         change.model_id,

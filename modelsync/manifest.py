@@ -10,12 +10,14 @@ repeat them in worse words. Raw dicts stay inside this module; callers get froze
 from __future__ import annotations
 
 import difflib
+import gc
 import hashlib
 import json
 import os
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -191,6 +193,42 @@ class _FastModelCheck:
             or model.get("additionalProperties") is not False
         ):
             raise ValueError("the fast path does not know this model schema")
+        # The document around the models (version, target, defaults), so that a valid
+        # manifest never needs jsonschema: importing and building it is a quarter second.
+        self.head = self._compile_object(root, defs, skip="models")
+
+    def _compile_object(
+        self, sub: Mapping[str, Any], defs: Mapping[str, Any], *, skip: str = ""
+    ) -> Callable[[Any], bool]:
+        """A closed mapping with named properties; ``skip`` names one checked elsewhere."""
+        known = {"$schema", "$id", "$defs", "title", "description", "type", "required"}
+        known |= {"additionalProperties", "properties"}
+        if (
+            set(sub) - known
+            or sub.get("type") != "object"
+            or sub.get("additionalProperties") is not False
+        ):
+            return _never
+        required = frozenset(sub.get("required", ()))
+        props: dict[str, Callable[[Any], bool]] = {}
+        for name, prop in sub.get("properties", {}).items():
+            if name == skip:
+                props[name] = _always
+            elif "properties" in prop:
+                props[name] = self._compile_object(prop, defs)
+            else:
+                props[name] = self._compile(prop, defs)
+
+        def closed_mapping(v: Any) -> bool:
+            if type(v) is not dict or not required.issubset(v):
+                return False
+            for key, value in v.items():
+                check = props.get(key)
+                if check is None or not check(value):
+                    return False
+            return True
+
+        return closed_mapping
 
     def _compile(self, sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Callable[[Any], bool]:
         if "$ref" in sub:
@@ -225,6 +263,10 @@ def _never(_value: Any) -> bool:
     return False
 
 
+def _always(_value: Any) -> bool:
+    return True
+
+
 def _keyword_check(key: str, value: Any) -> Callable[[Any], bool] | None:
     """A predicate for one schema keyword, exact where jsonschema is exact; None if unknown."""
     if key == "type" and value in ("string", "object"):
@@ -248,6 +290,12 @@ def _keyword_check(key: str, value: Any) -> Callable[[Any], bool] | None:
             return type(v) is str and not_rx.search(v) is None
 
         return does_not_match
+    if key == "const":
+        # Exact type too: jsonschema also takes 1.0 for 1, which jsonschema then judges.
+        def is_const(v: Any) -> bool:
+            return type(v) is type(value) and v == value
+
+        return is_const
     if key == "enum":
         # (type, value) pairs: jsonschema does not take True for 1, nor a YamlDate for text.
         allowed = {(type(e), e) for e in value}
@@ -294,10 +342,8 @@ def _fast_check() -> _FastModelCheck:
 
 def _schema_errors(data: Any) -> Iterator[Any]:
     if isinstance(data, dict) and isinstance(data.get("models"), list):
-        head = {k: v for k, v in data.items() if k != "models"}
-        head["models"] = []
         fast = _fast_check()
-        if all(fast(m) for m in data["models"]) and _validator().is_valid(head):
+        if fast.head(data) and all(fast(m) for m in data["models"]):
             return iter(())
     errors: Iterator[Any] = _validator().iter_errors(data)
     return errors
@@ -312,6 +358,14 @@ class _Reporter:
     def __init__(self, loaded: LoadedYaml) -> None:
         self.loaded = loaded
         self.diagnostics: list[Diagnostic] = []
+        self._seen: set[Diagnostic] = set()
+
+    def _append(self, diagnostic: Diagnostic) -> None:
+        # jsonschema gives one "required" error per missing field, each naming them all:
+        # the same problem must be shown once.
+        if diagnostic not in self._seen:
+            self._seen.add(diagnostic)
+            self.diagnostics.append(diagnostic)
 
     def where(self, path: Sequence[str | int]) -> str:
         data = self.loaded.data
@@ -346,18 +400,37 @@ class _Reporter:
         )
         where = self.where(path)
         text = f"{where}: {message}" if where else message
-        self.diagnostics.append(Diagnostic(self.loaded.path, pos.line, pos.column, text))
+        self._append(Diagnostic(self.loaded.path, pos.line, pos.column, text))
 
     def add_at(self, line: int, column: int, path: Sequence[str | int], message: str) -> None:
         where = self.where(path)
         text = f"{where}: {message}" if where else message
-        self.diagnostics.append(Diagnostic(self.loaded.path, line, column, text))
+        self._append(Diagnostic(self.loaded.path, line, column, text))
 
     def fail_if_any(self) -> None:
         if self.diagnostics:
             raise ManifestError(self.diagnostics)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (nestable; as a decorator, for each call).
+
+    Loading a 10,000-model manifest builds ~500,000 objects (YAML nodes and marks, dicts)
+    that all stay alive until the load ends, and no garbage cycles: each pass of the
+    collector walks all of them again, which doubled the load time (DESIGN §7).
+    Reference counting frees everything as usual meanwhile.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:  # only the outermost pause turns it back on
+            gc.enable()
+
+
+@_gc_paused()
 def load_manifest(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Manifest:
     """Run the whole pipeline on ``path``; raise ManifestError with every problem found."""
     env = os.environ if env is None else env
@@ -521,6 +594,11 @@ def _report_schema_error(report: _Reporter, data: Any, error: Any) -> None:
         else:
             shown = _shown_value(report, path, value)
             report.add(path, f"version {shown} is not supported; this modelsync reads version: 1")
+        return
+
+    if validator == "not" and type(value) is not str:
+        # `not: {pattern: ...}` fails for anything that is not text: the "type" error of
+        # the same value already says what is wrong, in better words.
         return
 
     if field_name == "url" and in_model:

@@ -489,6 +489,13 @@ class StateStore:
         self._lock_timeout = max(0.0, float(lock_timeout))
         self._command = command
         self._mutex = threading.Lock()
+        # Group commit (see _append): appends written to the journal file, appends known
+        # to be durable, whether a thread is syncing, and appends still in progress.
+        self._changed = threading.Condition(self._mutex)
+        self._written = 0
+        self._durable = 0
+        self._syncing = False
+        self._appending = 0
         self._lock: filelock.BaseFileLock | None = None
         self._open = False
         self._lineage = ""
@@ -607,7 +614,10 @@ class StateStore:
         """Fold the journal into a new snapshot, atomically; no write when nothing changed."""
         with self._mutex:
             self._check_open()
-            if _as_json(self._models) != _as_json(self._stored):
+            self._wait_for_appends()
+            # Records hold plain JSON values (see record()), so comparing them is comparing
+            # their JSON; unchanged records are the same objects, compared by identity.
+            if self._models != self._stored:
                 self._write_snapshot(self._serial + 1, self._models)
             self._drop_journal()
 
@@ -618,6 +628,7 @@ class StateStore:
             raise RuntimeError(f"StateStore for {self._path} is not open (use it in a with block)")
 
     def _append(self, data: bytes) -> None:
+        """Append to the journal; return once it is durable. Called with the mutex held."""
         journal = _journal_path(self._path)
         if self._broken is not None:
             raise StateError(
@@ -626,17 +637,59 @@ class StateStore:
             )
         if self._journal_fd is None:
             self._start_journal()
-        assert self._journal_fd is not None
+        fd = self._journal_fd
+        assert fd is not None
+        self._appending += 1
         try:
-            _write_all(self._journal_fd, data)
-            _datasync(self._journal_fd)
-        except OSError as exc:
-            self._broken = _reason(exc)
-            raise StateError(
-                f"cannot append to the journal {journal} of state {self._path}:"
-                f" {_reason(exc)}; this result was not recorded; free disk space or fix"
-                " permissions and run again (results recorded before are kept)"
-            ) from None
+            try:
+                _write_all(fd, data)
+            except OSError as exc:
+                self._broken = _reason(exc)
+                raise self._append_failed(self._broken) from None
+            self._written += 1
+            ticket = self._written
+            # Group commit: one fdatasync per batch, not per line. A thread that finds no
+            # sync running syncs every line written so far, with the mutex released so that
+            # other threads write theirs meanwhile; they wait for the next sync. Each caller
+            # still returns only once its own line is durable.
+            while self._durable < ticket:
+                if self._broken is not None:
+                    raise self._append_failed(self._broken)
+                if self._syncing:
+                    self._changed.wait()
+                    continue
+                self._syncing = True
+                upto = self._written
+                error: OSError | None = None
+                self._mutex.release()
+                try:
+                    _datasync(fd)
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._mutex.acquire()
+                    self._syncing = False
+                    self._changed.notify_all()
+                if error is not None:
+                    self._broken = _reason(error)
+                    raise self._append_failed(self._broken)
+                self._durable = max(self._durable, upto)
+        finally:
+            self._appending -= 1
+            if not self._appending:
+                self._changed.notify_all()
+
+    def _append_failed(self, reason: str) -> StateError:
+        return StateError(
+            f"cannot append to the journal {_journal_path(self._path)} of state {self._path}:"
+            f" {reason}; this result was not recorded; free disk space or fix"
+            " permissions and run again (results recorded before are kept)"
+        )
+
+    def _wait_for_appends(self) -> None:
+        # The journal's descriptor must not be closed under a thread that is syncing it.
+        while self._appending:
+            self._changed.wait()
 
     def _start_journal(self) -> None:
         if self._raw is None:
@@ -760,6 +813,7 @@ class StateStore:
 
     def _close(self) -> None:
         with self._mutex:
+            self._wait_for_appends()
             self._open = False
             if self._journal_fd is not None:
                 with contextlib.suppress(OSError):
@@ -920,10 +974,6 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _as_json(models: Mapping[str, ModelRecord]) -> dict[str, dict[str, Any]]:
-    return {model_id: record.to_json() for model_id, record in models.items()}
 
 
 def _plain(value: Any) -> Any:

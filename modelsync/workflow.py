@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelsync import redact
-from modelsync.apply import ApplyOptions, Report, Result, StopFlag, make_gate, run_apply
 from modelsync.errors import AuthError, UsageError
 from modelsync.manifest import DEFAULT_ENDPOINT, Manifest, fingerprint, load_manifest
 from modelsync.plan import Plan, Selection, make_plan
@@ -26,6 +25,11 @@ from modelsync.state import (
     sandbox_state_path,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    # At run time only apply_plan needs them: plan and validate then never import the
+    # HTTP client (requests), which is a tenth of their start-up.
+    from modelsync.apply import ApplyOptions, Report, Result, StopFlag
 
 SANDBOX_KEY = "sandbox"
 # The sandbox listens on a new port each run; its state records this stable name instead.
@@ -137,6 +141,7 @@ def apply_plan(
     on_result: Callable[[Result], None] = lambda _r: None,
 ) -> tuple[Plan, Report]:
     """Lock the state, plan, submit, record: the whole ``apply``."""
+    from modelsync.apply import Backoffs, make_gate, run_apply
     from modelsync.client import LoadModelClient
 
     with StateStore(
@@ -145,6 +150,7 @@ def apply_plan(
         plan = make_plan(target.manifest, store.state, selection)
         on_plan(plan)
         _gate, watched, watch = make_gate(options.parallelism, stop)
+        backoffs = Backoffs(stop)
         with LoadModelClient(
             target.url,
             api_key,
@@ -152,11 +158,18 @@ def apply_plan(
             read_timeout=client_options.read_timeout,
             max_attempts=client_options.max_attempts,
             max_retry_after=client_options.max_retry_after,
-            sleep=stop.sleep,
+            sleep=backoffs.sleep,
             gate=watched,
         ) as client:
             report = run_apply(
-                plan, store, client, options=options, stop=stop, watch=watch, on_result=on_result
+                plan,
+                store,
+                client,
+                options=options,
+                stop=stop,
+                watch=watch,
+                on_result=on_result,
+                backoffs=backoffs,
             )
     return plan, report
 

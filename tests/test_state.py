@@ -359,6 +359,92 @@ def test_records_from_many_threads_are_all_kept(path: Path) -> None:
     assert read_state(path, ENDPOINT).models["t5-7"] == rec(7, attempts=5)
 
 
+def test_group_commit_returns_each_record_only_once_its_line_is_synced(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelsync.state as state_module
+
+    real = state_module._datasync
+    synced: list[int] = []  # journal size covered by each fdatasync, in order
+    guard = threading.Lock()
+
+    def slow_datasync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.003)  # long enough for other threads to queue their lines behind
+        real(fd)
+        with guard:
+            synced.append(size)
+
+    monkeypatch.setattr(state_module, "_datasync", slow_datasync)
+    threads, per_thread = 8, 15
+    late: list[str] = []
+    with StateStore(path, ENDPOINT) as store:
+        barrier = threading.Barrier(threads)
+
+        def work(t: int) -> None:
+            barrier.wait()
+            for i in range(per_thread):
+                model_id = f"t{t}-{i}"
+                store.record(model_id, rec(i))
+                data = sib(path, ".journal").read_bytes()
+                end = data.index(f'"model_id":"{model_id}"'.encode())
+                end = data.index(b"\n", end) + 1
+                with guard:
+                    if not synced or max(synced) < end:
+                        late.append(model_id)
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=30)
+    assert late == []  # no record() returned before a sync covered its line
+    assert len(synced) < threads * per_thread  # lines were synced in batches
+    assert len(load(path)["models"]) == threads * per_thread
+
+
+def test_failed_sync_fails_every_record_it_would_have_covered(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelsync.state as state_module
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def failing_datasync(fd: int) -> None:
+        entered.set()
+        release.wait(5)
+        raise OSError(5, "Input/output error")
+
+    with StateStore(path, ENDPOINT) as store:
+        store.record("first", rec(1))
+        monkeypatch.setattr(state_module, "_datasync", failing_datasync)
+        errors: dict[str, str] = {}
+
+        def work(model_id: str) -> None:
+            try:
+                store.record(model_id, rec(2))
+            except StateError as exc:
+                errors[model_id] = str(exc)
+
+        leader = threading.Thread(target=work, args=("leader",))
+        leader.start()
+        assert entered.wait(5)
+        follower = threading.Thread(target=work, args=("follower",))
+        follower.start()
+        time.sleep(0.05)  # the follower's line is written and waits for the next sync
+        release.set()
+        leader.join(5)
+        follower.join(5)
+        assert set(errors) == {"leader", "follower"}
+        assert "not recorded" in errors["leader"]
+        assert all("Input/output error" in e for e in errors.values())
+        assert set(store.state.models) == {"first"}
+        with pytest.raises(StateError, match="an earlier write failed"):
+            store.record("later", rec(3))
+    assert "first" in read_state(path, ENDPOINT).models
+
+
 def test_record_keeps_a_copy_of_the_callers_dicts(path: Path) -> None:
     request = {"url": "org/a"}
     with StateStore(path, ENDPOINT) as store:
