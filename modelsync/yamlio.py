@@ -228,22 +228,18 @@ def load_yaml_text(text: str, name: str) -> LoadedYaml:
     try:
         data = builder.build(root, (), 1)
     except _TooDeep as exc:
-        mark = exc.node.start_mark
-        raise ManifestError(
-            [
-                Diagnostic(
-                    name,
-                    mark.line + 1,
-                    mark.column + 1,
-                    _TOO_DEEP,
-                )
-            ]
-        ) from None
+        raise _error_at(name, exc.node, _TOO_DEEP) from None
     if builder.shared:
         # Built values share aliased nodes, so building was linear; what comes after
         # (schema, JSON) would walk the expanded tree. Refuse a bomb before that.
         _check_graph(root, name)
     return LoadedYaml(name, data, root, tuple(builder.problems))
+
+
+def _error_at(name: str, node: yaml.Node, message: str) -> ManifestError:
+    """A manifest error at the start of ``node``."""
+    mark = node.start_mark
+    return ManifestError([Diagnostic(name, mark.line + 1, mark.column + 1, message)])
 
 
 class _TooDeep(Exception):
@@ -431,17 +427,7 @@ def _check_graph(root: yaml.Node, name: str) -> None:
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            mark = node.start_mark
-            raise ManifestError(
-                [
-                    Diagnostic(
-                        name,
-                        mark.line + 1,
-                        mark.column + 1,
-                        _TOO_DEEP,
-                    )
-                ]
-            )
+            raise _error_at(name, node, _TOO_DEEP)
         if id(node) in seen:
             continue
         seen.add(id(node))
@@ -458,18 +444,12 @@ def _check_graph(root: yaml.Node, name: str) -> None:
         for child in _iter_children(node):
             total += size.get(id(child), 1)
         if total > limit:
-            mark = node.start_mark
-            raise ManifestError(
-                [
-                    Diagnostic(
-                        name,
-                        mark.line + 1,
-                        mark.column + 1,
-                        f"aliases would expand the document to more than {limit} nodes, over "
-                        f"{ALIAS_EXPANSION_LIMIT}x its {distinct} nodes (an alias bomb); "
-                        "write the values out or use fewer nested aliases",
-                    )
-                ]
+            raise _error_at(
+                name,
+                node,
+                f"aliases would expand the document to more than {limit} nodes, over "
+                f"{ALIAS_EXPANSION_LIMIT}x its {distinct} nodes (an alias bomb); "
+                "write the values out or use fewer nested aliases",
             )
         size[id(node)] = total
 
