@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelsync.client import LoadModelClient, SubmitResult, Verdict
 from modelsync.errors import ExitCode
+from modelsync.manifest import ModelSpec
 from modelsync.plan import Change, Plan, force_load_for
-from modelsync.state import ModelRecord, StateStore, utc_now
+from modelsync.state import ModelRecord, StateStore, Status, utc_now
 
 log = logging.getLogger("modelsync.apply")
 
@@ -393,15 +394,7 @@ def run_apply(
                     results[change.model_id] = result
                     on_result(result)
             for change in reversed(queue):
-                result = Result(
-                    change.model_id,
-                    change.action,
-                    "skipped",
-                    0,
-                    None,
-                    f"not started: {stop.reason or 'the run stopped'}",
-                    0.0,
-                )
+                result = _skipped(change, stop.reason or "the run stopped")
                 results[change.model_id] = result
                 on_result(result)
 
@@ -424,6 +417,34 @@ def run_apply(
     )
 
 
+def _skipped(change: Change, reason: str) -> Result:
+    """A planned submission that was never started."""
+    return Result(change.model_id, change.action, "skipped", 0, None, f"not started: {reason}", 0.0)
+
+
+def _record(
+    spec: ModelSpec,
+    request: dict[str, str],
+    status: Status,
+    attempts: int,
+    submitted_at: str | None,
+    last_attempt_at: str | None,
+    response: Mapping[str, Any] | None,
+    last_error: str | None,
+) -> ModelRecord:
+    """The state record of one submission of ``spec``."""
+    return ModelRecord(
+        fingerprint=spec.fingerprint,
+        request=request,
+        status=status,
+        attempts=attempts,
+        submitted_at=submitted_at,
+        last_attempt_at=last_attempt_at,
+        response=dict(response) if response is not None else None,
+        last_error=last_error,
+    )
+
+
 def _submit_one(
     change: Change,
     store: StateStore,
@@ -437,31 +458,15 @@ def _submit_one(
     spec = change.spec
     assert spec is not None and change.force_load is not None
     if stop.is_set():
-        return Result(
-            change.model_id,
-            change.action,
-            "skipped",
-            0,
-            None,
-            f"not started: {stop.reason}",
-            0.0,
-        )
+        return _skipped(change, stop.reason or "the run stopped")
     request = spec.request(change.force_load)
     previous = change.previous
     # Written before the first POST: if this process dies mid-request, the next run
     # knows the request may have reached the server (and retries with force_load yes).
+    first_submitted = previous.submitted_at if previous else None
     store.record(
         spec.model_id,
-        ModelRecord(
-            fingerprint=spec.fingerprint,
-            request=request,
-            status="pending",
-            attempts=0,
-            submitted_at=previous.submitted_at if previous else None,
-            last_attempt_at=utc_now(),
-            response=None,
-            last_error=None,
-        ),
+        _record(spec, request, "pending", 0, first_submitted, utc_now(), None, None),
     )
     watch.bind(spec.model_id)
     # An attempt whose answer was lost may have created the model: from then on the entry
@@ -480,17 +485,10 @@ def _submit_one(
         request = spec.request(resend)  # the state keeps the body as last sent
     now = utc_now()
     if result.outcome == "submitted":
-        record = ModelRecord(
-            fingerprint=spec.fingerprint,
-            request=request,
-            status="submitted",
-            attempts=result.attempts,
-            submitted_at=now,
-            last_attempt_at=now,
-            response=dict(result.response) if result.response is not None else None,
-            last_error=None,
+        store.record(
+            spec.model_id,
+            _record(spec, request, "submitted", result.attempts, now, now, result.response, None),
         )
-        store.record(spec.model_id, record)
         return Result(
             change.model_id,
             change.action,
@@ -510,9 +508,7 @@ def _submit_one(
         if result.outcome == "deadline":
             reason = "the --deadline passed"
             stop.set(reason, ExitCode.FAILED)
-        return Result(
-            change.model_id, change.action, "skipped", 0, None, f"not started: {reason}", 0.0
-        )
+        return _skipped(change, reason)
     if result.outcome == "auth":
         stop.set(f"authentication failed: {result.message}", ExitCode.AUTH)
     elif result.outcome == "account":
@@ -521,15 +517,15 @@ def _submit_one(
         stop.set("the --deadline passed", ExitCode.FAILED)
     store.record(
         spec.model_id,
-        ModelRecord(
-            fingerprint=spec.fingerprint,
-            request=request,
-            status="failed",
-            attempts=result.attempts,
-            submitted_at=previous.submitted_at if previous else None,
-            last_attempt_at=now,
-            response=dict(result.response) if result.response is not None else None,
-            last_error=result.message,
+        _record(
+            spec,
+            request,
+            "failed",
+            result.attempts,
+            first_submitted,
+            now,
+            result.response,
+            result.message,
         ),
     )
     return Result(
