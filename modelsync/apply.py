@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 from modelsync.client import LoadModelClient, SubmitResult, Verdict
 from modelsync.errors import ExitCode
-from modelsync.manifest import ModelSpec
 from modelsync.plan import Change, Plan, force_load_for
-from modelsync.state import ModelRecord, StateStore, Status, utc_now
+from modelsync.records import ModelRecord, ModelSpec, Status, utc_now
+from modelsync.state import StateStore
 
 log = logging.getLogger("modelsync.apply")
 

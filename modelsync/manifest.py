@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import difflib
 import gc
-import hashlib
 import json
 import os
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -26,26 +25,11 @@ from types import MappingProxyType
 from typing import Any
 
 from modelsync import redact
+from modelsync.defaults import DEFAULT_API_KEY_ENV, DEFAULT_ENDPOINT
 from modelsync.errors import Diagnostic, ManifestError
+from modelsync.records import ModelSpec
 from modelsync.yamlio import LoadedYaml, YamlDate, describe_yaml_type, load_yaml_file
 
-DEFAULT_ENDPOINT = "https://stablediffusionapi.com/api/v3/load_model"
-DEFAULT_API_KEY_ENV = "MODELSYNC_API_KEY"
-
-# Fields sent to the API, in the order they are sent and shown.
-SENT_FIELDS = (
-    "model_id",
-    "url",
-    "model_format",
-    "model_category",
-    "model_subcategory",
-    "model_name",
-    "model_image",
-    "revision",
-    "model_visibility",
-    "hf_upload",
-    "force_load",
-)
 INTERPOLATED_FIELDS = ("url", "model_image")
 _YES_NO_FIELDS = ("force_load", "hf_upload")
 _BUILTIN_DEFAULTS = {"revision": "fp16", "model_visibility": "private", "hf_upload": "no"}
@@ -53,57 +37,6 @@ _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}?")
 # A cheap filter before parsing a URL: only these can be one of the mistakes below.
 _SUSPECT_URL = re.compile(r"civitai\.com/models/|/blob/|^http:", re.IGNORECASE)
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model of the manifest, defaults merged, as modelsync will send it."""
-
-    model_id: str
-    url: str  # as written: ${VAR} not yet replaced (what state and output show)
-    model_format: str
-    model_category: str
-    model_name: str
-    revision: str
-    model_visibility: str
-    hf_upload: str
-    force_load: str | None  # None: not written, modelsync's policy decides
-    model_subcategory: str | None = None
-    model_image: str | None = None
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    index: int = 0
-    line: int = 0
-    # The interpolated values: only ever put into the request that is sent.
-    resolved: Mapping[str, str] = field(
-        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
-    )
-
-    def request(self, force_load: str) -> dict[str, str]:
-        """The body without the key, before interpolation: what state records and plan shows."""
-        body: dict[str, str] = {}
-        for name in SENT_FIELDS:
-            value = force_load if name == "force_load" else getattr(self, name)
-            if value is not None:
-                body[name] = value
-        return body
-
-    def body(self, force_load: str) -> dict[str, str]:
-        """The body to send (without the key): the request with secrets interpolated."""
-        body = self.request(force_load)
-        body.update(self.resolved)
-        return body
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the request without force_load."""
-        return fingerprint(self.request("no"))
-
-
-def fingerprint(request: Mapping[str, Any]) -> str:
-    """The fingerprint of a recorded or planned request (force_load is ignored)."""
-    canonical = {k: v for k, v in request.items() if k != "force_load"}
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

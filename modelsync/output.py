@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from modelsync.apply import Report
     from modelsync.apply import Result as ApplyResult
     from modelsync.plan import Plan
-    from modelsync.state import State
+    from modelsync.records import State
 
 LOGGER_NAME = "modelsync"
 
@@ -325,8 +325,8 @@ def write_report(path: str, document: Any) -> None:
 def render_state_list(state: State) -> str:
     """The state's models, one line each, for people."""
     if not state.exists:
-        return f"No state yet at {state.path}: the first apply creates it."
-    lines = [f"State {state.path} (serial {state.serial}, endpoint {state.endpoint}):"]
+        return f"No state yet at {state.location}: the first apply creates it."
+    lines = [f"State {state.location} (serial {state.serial}, endpoint {state.endpoint}):"]
     width = max((len(m) for m in state.models), default=0)
     for model_id in sorted(state.models):
         record = state.models[model_id]

@@ -13,8 +13,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from modelsync.errors import UsageError
-from modelsync.manifest import Manifest, ModelSpec, fingerprint
-from modelsync.state import ModelRecord, State
+from modelsync.manifest import Manifest
+from modelsync.records import ModelRecord, ModelSpec, State, fingerprint
 
 Action = Literal["create", "update", "retry", "unchanged", "orphan"]
 ACTIONS: tuple[Action, ...] = ("create", "update", "retry", "unchanged", "orphan")

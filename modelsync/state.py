@@ -17,7 +17,6 @@ already folded in by a commit that was killed before it could remove it.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import getpass
 import json
 import logging
@@ -31,119 +30,28 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
 import filelock
 
 from modelsync.errors import StateError, StateLockedError
+from modelsync.records import (
+    ModelRecord,
+    State,
+    describe_kind,
+    utc_now,
+)
 from modelsync.redact import redact
 
 FORMAT_VERSION = 1
-Status = Literal["submitted", "failed", "pending"]
-STATUSES: tuple[str, ...] = get_args(Status)
-
 _FILE_MODE = 0o600
 _TOP_FIELDS = frozenset({"format_version", "lineage", "serial", "endpoint", "models"})
-_RECORD_FIELDS = (
-    "fingerprint",
-    "request",
-    "status",
-    "attempts",
-    "submitted_at",
-    "last_attempt_at",
-    "response",
-    "last_error",
-)
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}\.tmp$")
 
 _log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """What modelsync last did for one model_id."""
-
-    fingerprint: str
-    request: Mapping[str, Any]
-    status: Status
-    attempts: int = 0
-    submitted_at: str | None = None
-    last_attempt_at: str | None = None
-    response: Mapping[str, Any] | None = None
-    last_error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the record as the plain JSON object stored in the state (a deep copy)."""
-        return {
-            "fingerprint": self.fingerprint,
-            "request": _plain(self.request),
-            "status": self.status,
-            "attempts": self.attempts,
-            "submitted_at": self.submitted_at,
-            "last_attempt_at": self.last_attempt_at,
-            "response": None if self.response is None else _plain(self.response),
-            "last_error": self.last_error,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, *, where: str) -> ModelRecord:
-        """Build a record from its JSON object; StateError naming ``where`` on a bad shape."""
-        if not isinstance(data, dict):
-            raise StateError(f"{where}: expected an object, found {_kind(data)}")
-        unknown = sorted(str(key) for key in data if key not in _RECORD_FIELDS)
-        if unknown:
-            raise StateError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
-        for name in ("fingerprint", "request", "status"):
-            if name not in data:
-                raise StateError(f"{where}: missing field {name!r}")
-        fingerprint = data["fingerprint"]
-        if not isinstance(fingerprint, str) or not fingerprint:
-            raise StateError(f"{where}.fingerprint: expected a non-empty string")
-        request = data["request"]
-        if not isinstance(request, dict):
-            raise StateError(f"{where}.request: expected an object, found {_kind(request)}")
-        status = data["status"]
-        if status not in STATUSES:
-            raise StateError(f"{where}.status: {status!r} is not one of {', '.join(STATUSES)}")
-        attempts = data.get("attempts", 0)
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
-            raise StateError(f"{where}.attempts: expected a whole number >= 0, found {attempts!r}")
-        texts: dict[str, str | None] = {}
-        for name in ("submitted_at", "last_attempt_at", "last_error"):
-            value = data.get(name)
-            if value is not None and not isinstance(value, str):
-                raise StateError(f"{where}.{name}: expected a string or null, found {_kind(value)}")
-            texts[name] = value
-        response = data.get("response")
-        if response is not None and not isinstance(response, dict):
-            raise StateError(
-                f"{where}.response: expected an object or null, found {_kind(response)}"
-            )
-        return cls(
-            fingerprint=fingerprint,
-            request=request,
-            status=cast(Status, status),
-            attempts=attempts,
-            submitted_at=texts["submitted_at"],
-            last_attempt_at=texts["last_attempt_at"],
-            response=response,
-            last_error=texts["last_error"],
-        )
-
-
-@dataclass(frozen=True)
-class State:
-    """A view of the state: the snapshot with any journaled results folded in."""
-
-    path: Path
-    lineage: str
-    serial: int
-    endpoint: str
-    models: Mapping[str, ModelRecord]
-    exists: bool
 
 
 # --------------------------------------------------------------------------- paths
@@ -161,11 +69,6 @@ def sandbox_state_path(state_path: Path) -> Path:
     name = state_path.name
     base = name[: -len(".state.json")] if name.endswith(".state.json") else state_path.stem
     return state_path.with_name(f"{base}.sandbox.state.json")
-
-
-def utc_now() -> str:
-    """Return the current time in the state's timestamp format, e.g. ``2026-11-25T10:00:00Z``."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _sibling(path: Path, suffix: str) -> Path:
@@ -198,7 +101,7 @@ def read_state(path: Path, endpoint: str) -> State:
     models = dict(loaded.models)
     _fold(models, loaded.ops)
     return State(
-        path=path,
+        location=str(path),
         lineage=loaded.lineage,
         serial=loaded.serial,
         endpoint=loaded.endpoint,
@@ -319,7 +222,7 @@ def _parse_snapshot(path: Path, raw: bytes) -> tuple[str, int, str, dict[str, Mo
     except ValueError as exc:
         raise untrusted(f"is not valid JSON ({exc}); it may be truncated or damaged") from None
     if not isinstance(doc, dict):
-        raise untrusted(f"does not hold a JSON object (found {_kind(doc)})")
+        raise untrusted(f"does not hold a JSON object (found {describe_kind(doc)})")
     if "format_version" not in doc:
         raise untrusted("has no format_version")
     version = doc["format_version"]
@@ -348,7 +251,7 @@ def _parse_snapshot(path: Path, raw: bytes) -> tuple[str, int, str, dict[str, Mo
     if not isinstance(endpoint, str) or not endpoint:
         raise untrusted("has no valid endpoint (expected a non-empty string)")
     if not isinstance(models, dict):
-        raise untrusted(f"has models that are not an object (found {_kind(models)})")
+        raise untrusted(f"has models that are not an object (found {describe_kind(models)})")
     records: dict[str, ModelRecord] = {}
     for model_id, data in models.items():
         if not model_id:
@@ -438,7 +341,7 @@ def _read_journal(journal_path: Path, state_path: Path) -> _Journal | None:
     ops: list[tuple[str, ModelRecord | None]] = []
     for lineno, entry in entries[1:]:
         if not isinstance(entry, dict):
-            raise damaged(lineno, f"expected an object, found {_kind(entry)}")
+            raise damaged(lineno, f"expected an object, found {describe_kind(entry)}")
         model_id = entry.get("model_id")
         if not isinstance(model_id, str) or not model_id:
             raise damaged(lineno, "no model_id")
@@ -575,7 +478,7 @@ class StateStore:
         with self._mutex:
             self._check_open()
             return State(
-                path=self._path,
+                location=str(self._path),
                 lineage=self._lineage,
                 serial=self._serial,
                 endpoint=self._endpoint,
@@ -974,30 +877,6 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

@@ -13,18 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelsync import redact
+from modelsync.defaults import DEFAULT_ENDPOINT
 from modelsync.errors import AuthError, UsageError
-from modelsync.manifest import DEFAULT_ENDPOINT, Manifest, fingerprint, load_manifest
+from modelsync.manifest import Manifest, load_manifest
 from modelsync.plan import Plan, Selection, make_plan
-from modelsync.state import (
-    ModelRecord,
-    State,
-    StateStore,
-    default_state_path,
-    read_state,
-    sandbox_state_path,
-    utc_now,
-)
+from modelsync.records import ModelRecord, State, fingerprint, utc_now
+from modelsync.state import StateStore, default_state_path, read_state, sandbox_state_path
 
 if TYPE_CHECKING:
     # At run time only apply_plan needs them: plan and validate then never import the
@@ -232,7 +226,7 @@ def describe_state(state: State) -> dict[str, Any]:
     """The state as a JSON document (for ``state list --output json``)."""
     return {
         "format_version": 1,
-        "state": str(state.path),
+        "state": str(state.location),
         "lineage": state.lineage if state.exists else None,
         "serial": state.serial,
         "endpoint": state.endpoint,

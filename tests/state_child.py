@@ -14,8 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from modelsync.records import ModelRecord
 from modelsync.redact import register_secret
-from modelsync.state import ModelRecord, StateStore
+from modelsync.state import StateStore
 
 
 def _record(path: Path, endpoint: str, prefix: str) -> int:

@@ -27,8 +27,9 @@ import pytest
 
 from modelsync import __version__, output
 from modelsync.cli import cli, main
-from modelsync.manifest import fingerprint, load_manifest
-from modelsync.state import ModelRecord, StateStore
+from modelsync.manifest import load_manifest
+from modelsync.records import ModelRecord, fingerprint
+from modelsync.state import StateStore
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "example.yaml"

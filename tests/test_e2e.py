@@ -28,8 +28,9 @@ import pytest
 import requests
 
 from modelsync.manifest import load_manifest
+from modelsync.records import State
 from modelsync.sandbox import Sandbox, SandboxConfig
-from modelsync.state import State, read_state
+from modelsync.state import read_state
 from modelsync.workflow import SANDBOX_ENDPOINT
 
 pytestmark = pytest.mark.slow

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from modelsync import manifest as manifest_module
+from modelsync import records
 from modelsync.cli import main
 from modelsync.errors import ManifestError
-from modelsync.manifest import SENT_FIELDS, Manifest, ModelSpec, load_manifest
+from modelsync.manifest import Manifest, load_manifest
+from modelsync.records import SENT_FIELDS, ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "comfyui-model-list.json"
@@ -1446,7 +1448,7 @@ def test_fingerprint_ignores_force_load_and_labels(tmp_path: Path) -> None:
     other = load(tmp_path, with_model("force_load: yes\nlabels: {team: x}")).models[0]
     assert base.fingerprint == other.fingerprint
     assert base.fingerprint.startswith("sha256:") and len(base.fingerprint) == 7 + 64
-    assert manifest_module.fingerprint(base.request("yes")) == base.fingerprint
+    assert records.fingerprint(base.request("yes")) == base.fingerprint
 
 
 CHANGED = {

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from modelsync.errors import ExitCode, UsageError
-from modelsync.manifest import SENT_FIELDS, Manifest, ModelSpec, fingerprint, load_manifest
+from modelsync.manifest import Manifest, load_manifest
 from modelsync.plan import (
     FieldChange,
     Plan,
@@ -28,7 +28,7 @@ from modelsync.plan import (
     make_plan,
     parse_selectors,
 )
-from modelsync.state import ModelRecord, State
+from modelsync.records import SENT_FIELDS, ModelRecord, ModelSpec, State, fingerprint
 
 ENDPOINT = "https://stablediffusionapi.com/api/v3/load_model"
 
@@ -79,7 +79,7 @@ def record(
 
 def state(records: Mapping[str, ModelRecord] | None = None) -> State:
     return State(
-        path=Path("/nonexistent/modelsync/prod.state.json"),
+        location="/nonexistent/modelsync/prod.state.json",
         lineage="6f1c0000-0000-4000-8000-000000000000",
         serial=3,
         endpoint=ENDPOINT,

@@ -29,9 +29,10 @@ from modelsync import manifest as manifest_module
 from modelsync import workflow
 from modelsync.apply import ApplyOptions, StopFlag
 from modelsync.errors import ManifestError
-from modelsync.manifest import Manifest, fingerprint, load_manifest
+from modelsync.manifest import Manifest, load_manifest
 from modelsync.plan import Selection
-from modelsync.state import ModelRecord, StateStore
+from modelsync.records import ModelRecord, fingerprint
+from modelsync.state import StateStore
 from modelsync.yamlio import YamlDate
 
 ENDPOINT = "https://api.test/api/v3/load_model"

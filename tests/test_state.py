@@ -19,9 +19,9 @@ import pytest
 
 from modelsync import redact
 from modelsync.errors import ExitCode, StateError, StateLockedError
+from modelsync.records import ModelRecord
 from modelsync.state import (
     FORMAT_VERSION,
-    ModelRecord,
     StateStore,
     default_state_path,
     read_state,

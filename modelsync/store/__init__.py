@@ -1,0 +1,108 @@
+"""The state behind one small interface, chosen from the ``--state`` value (DESIGN §2, §2b).
+
+The rest of modelsync sees :class:`StateBackend` and :class:`StateWriter` only:
+
+- ``backend.read()``: the state without taking the lock (``plan``, ``state list``);
+- ``with backend.open_writer(lock_timeout=..., command=...) as writer``: the state under
+  the run lock, with ``writer.state``, ``writer.record(id, record)``,
+  ``writer.forget(ids)`` and ``writer.commit()`` (also done on leaving the block);
+- ``backend.describe_holder()``: who holds the lock, for the "locked" error;
+- the trust checks (format version, lineage, endpoint) are made by every backend on
+  every read, and an untrusted state is a :class:`~modelsync.errors.StateError` (exit 4).
+
+Backends are registered by URL scheme and imported lazily, so a plain ``plan`` never
+imports a database driver. A second backend is one new module and one registry line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
+
+from modelsync.errors import StateError
+from modelsync.records import ModelRecord, State
+
+
+class StateWriter(Protocol):
+    """The state under the run lock: record results as they come, commit at the end."""
+
+    @property
+    def state(self) -> State:
+        """The current view: what was read plus everything recorded so far."""
+        ...
+
+    def record(self, model_id: str, record: ModelRecord) -> None:
+        """Record one result durably (O(1)); returns once it would survive ``kill -9``."""
+        ...
+
+    def forget(self, model_ids: Iterable[str]) -> None:
+        """Drop records (nothing is deleted remotely)."""
+        ...
+
+    def commit(self) -> None:
+        """Make everything recorded part of the state proper (a new serial if it changed)."""
+        ...
+
+
+class StateBackend(Protocol):
+    """Where one state lives: a file, or a database row set."""
+
+    @property
+    def location(self) -> str:
+        """The state's name in messages: a path, or a URL with its password masked."""
+        ...
+
+    def read(self) -> State:
+        """The state, without the lock and without writing anything."""
+        ...
+
+    def open_writer(
+        self, *, lock_timeout: float, command: str
+    ) -> AbstractContextManager[StateWriter]:
+        """Take the run lock (waiting up to ``lock_timeout`` s) and open the state to write."""
+        ...
+
+    def describe_holder(self) -> str:
+        """Who holds the run lock now, for the "locked" error (``another process`` if unknown)."""
+        ...
+
+    def for_sandbox(self) -> StateBackend:
+        """The sandbox's own state beside this one: ``apply --sandbox`` never touches this one."""
+        ...
+
+
+# Scheme -> "module:factory". The factory takes (location, endpoint) and returns a backend.
+_BACKENDS: dict[str, str] = {
+    "file": "modelsync.store.file:FileBackend",
+}
+
+
+def default_location(manifest_path: str | Path) -> Path:
+    """``<manifest dir>/.modelsync/<manifest stem>.state.json``."""
+    manifest = Path(manifest_path)
+    return manifest.parent / ".modelsync" / f"{manifest.stem}.state.json"
+
+
+def _scheme(location: str) -> str:
+    head, sep, _rest = location.partition("://")
+    return head.lower() if sep and head.isalpha() else "file"
+
+
+def open_state(location: str | None, *, manifest_path: str | Path, endpoint: str) -> StateBackend:
+    """The backend for a ``--state`` value (a path or a URL); None: the default file."""
+    text = location if location else str(default_location(manifest_path))
+    scheme = _scheme(text)
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(sorted(s for s in _BACKENDS if s != "file"))
+        raise StateError(
+            f"--state {text!r}: no state backend for '{scheme}://' (a path, or one of: {known})"
+        )
+    module_name, _, factory_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    factory = getattr(module, factory_name)
+    backend: StateBackend = factory(text, endpoint)
+    return backend
