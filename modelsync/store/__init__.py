@@ -69,8 +69,9 @@ class StateBackend(Protocol):
         """Who holds the run lock now, for the "locked" error (``another process`` if unknown)."""
         ...
 
-    def for_sandbox(self) -> StateBackend:
-        """The sandbox's own state beside this one: ``apply --sandbox`` never touches this one."""
+    def for_sandbox(self, endpoint: str) -> StateBackend:
+        """The sandbox's own state beside this one, for ``endpoint``: ``apply --sandbox``
+        never touches this one."""
         ...
 
 
