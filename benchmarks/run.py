@@ -98,7 +98,7 @@ class Bench:
     def warm_up(self) -> None:
         """Compile every module once, as installing the package would."""
         modules = (
-            "modelsync.cli, modelsync.workflow, modelsync.apply, modelsync.client, "
+            "modelsync.cli, modelsync.commands.apply, modelsync.runner, modelsync.api.modelslab, "
             "modelsync.sandbox, jsonschema, requests, yaml"
         )
         self._run([PYTHON, "-c", f"import {modules}"], "warm-up")
@@ -410,7 +410,7 @@ class Bench:
 
     def journal_cost(self) -> list[Row]:
         """Scenario 5: bytes the state writes per recorded result, on 1k- and 10k-model states."""
-        from modelsync.state import StateStore
+        from modelsync.store.file import StateStore
 
         rows = []
         per_result: dict[int, float] = {}

@@ -19,10 +19,12 @@ from modelsync.errors import Diagnostic
 from modelsync.redact import RedactingFilter, redact
 
 if TYPE_CHECKING:
-    from modelsync.apply import Report
-    from modelsync.apply import Result as ApplyResult
+    from modelsync.commands.apply import Applied
+    from modelsync.commands.validate import Checked
     from modelsync.plan import Plan
     from modelsync.records import State
+    from modelsync.runner import ModelResult as ApplyResult
+    from modelsync.runner import Report
 
 LOGGER_NAME = "modelsync"
 
@@ -337,3 +339,51 @@ def render_state_list(state: State) -> str:
         lines.append(line)
     lines.append(plural(len(state.models), "model") + ".")
     return redact("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def print_plan(
+    plan: Plan, manifest: str, state: str, output_format: str, *, verbose: bool, color: bool
+) -> None:
+    """The plan on stdout: JSON for pipelines, text for people."""
+    if output_format == "json":
+        click.echo(dump_json(plan_document(plan, manifest=manifest, state=state)))
+        return
+    text = render_plan(plan, manifest=manifest, state=state, verbose=verbose, color=color)
+    # click strips escapes on a non-terminal unless told: --color always must survive a pipe
+    # (`| less -R`), and `color` already holds the --color/NO_COLOR decision.
+    click.echo(text, color=color)
+
+
+def print_checked(checked: Checked, *, quiet: bool) -> bool:
+    """One manifest's validation: problems and warnings on stderr; True when valid."""
+    if checked.error is not None:
+        print_diagnostics(checked.error.diagnostics)
+        problems = plural(len(checked.error.diagnostics), "problem")
+        stderr(f"{checked.path}: invalid ({problems})", logging.ERROR)
+        return False
+    assert checked.manifest is not None
+    for warning in checked.manifest.warnings:
+        stderr(str(warning))
+    if not quiet:
+        click.echo(f"{checked.path}: valid ({plural(len(checked.manifest.models), 'model')})")
+    return True
+
+
+def print_applied(
+    applied: Applied, output_format: str, report_path: str | None, *, color: bool
+) -> None:
+    """The end of an apply: the report (file, JSON or text summary) and the auth fix."""
+    if applied.report is None:
+        return
+    document = applied.report.to_json()
+    if report_path:
+        write_report(report_path, document)
+    if output_format == "json":
+        click.echo(dump_json(document))
+    else:
+        click.echo(render_summary(applied.report, color=color), color=color)
+    if applied.auth_hint:
+        stderr(f"Error: {applied.auth_hint}")

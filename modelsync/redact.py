@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 MASK = "***"
@@ -22,23 +24,55 @@ MASK = "***"
 MIN_LEN = 4
 # Deeper JSON values than this are replaced by a marker rather than walked.
 MAX_JSON_DEPTH = 32
+# Credentials people put in download URLs (Civitai's token=, HF/others' access_token=...).
+_URL_CREDENTIAL = re.compile(
+    r"(?i)([?&;](?:token|access_token|api_key|apikey|key|sig|signature)=)[^&#\s\"]+"
+)
 
 
 class Redactor:
-    """A set of secrets and the masking of them. Thread-safe."""
+    """A set of secrets and the masking of them. Thread-safe.
 
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+    Options, all off by default: ``url_credentials`` masks the value of ``token=``-like
+    URL query parameters; ``masked_fields`` masks the whole value of JSON object members
+    with those names (in :meth:`json`, and in :meth:`raw_json` for a document that may not
+    parse); ``include_registered`` also masks the process's secrets
+    (:func:`register_secret`).
+    """
+
+    def __init__(
+        self,
+        secrets: tuple[str, ...] = (),
+        *,
+        url_credentials: bool = False,
+        masked_fields: Iterable[str] = (),
+        include_registered: bool = False,
+    ) -> None:
         self._lock = threading.Lock()
         self._secrets: set[str] = set()
         self._variants: list[str] = []
+        self._whole: frozenset[str] = frozenset()
+        self._url_credentials = url_credentials
+        self._masked_fields = frozenset(masked_fields)
+        self._raw_field: re.Pattern[str] | None = None
+        if self._masked_fields:
+            names = "|".join(re.escape(name) for name in sorted(self._masked_fields))
+            self._raw_field = re.compile(rf'("(?:{names})"\s*:\s*")(?:[^"\\]|\\.)*(")')
+        self._include_registered = include_registered
         for secret in secrets:
             self.add(secret, always=True)
 
-    def add(self, value: str, *, always: bool = False) -> None:
+    def add(self, value: str, *, always: bool = False, whole: bool = False) -> None:
         """Remember ``value`` (and its JSON- and URL-escaped forms) as a secret.
 
         ``always`` masks it even when it is shorter than :data:`MIN_LEN` (a key is a key).
+        ``whole`` also masks a string that is exactly ``value``, however short: a short
+        key is then not searched for in free text, where it would mask ordinary words,
+        but a value that is the key and nothing else is masked.
         """
+        if whole and value:
+            with self._lock:
+                self._whole = self._whole | {value}
         if not value or (len(value) < MIN_LEN and not always):
             return
         forms = {
@@ -60,19 +94,45 @@ class Redactor:
         with self._lock:
             self._secrets.clear()
             self._variants = []
+            self._whole = frozenset()
 
     def __bool__(self) -> bool:
-        return bool(self._variants)
+        """Whether :meth:`text` can change anything."""
+        return bool(
+            self._variants
+            or self._whole
+            or self._url_credentials
+            or (self._include_registered and _shared)
+        )
 
     def text(self, text: str) -> str:
         """Return ``text`` with every secret replaced by ``***``."""
+        if text in self._whole:
+            return MASK
         for secret in self._variants:
             if secret in text:
                 text = text.replace(secret, MASK)
+        if self._url_credentials:
+            text = _URL_CREDENTIAL.sub(r"\1" + MASK, text)
+        if self._include_registered:
+            text = redact(text)
         return text
+
+    def raw_json(self, text: str) -> str:
+        """:meth:`text` for a JSON document that may not parse (truncated, malformed).
+
+        A string value of a ``masked_fields`` member is masked wherever its closing quote
+        is present; the rest of the document goes through :meth:`text`.
+        """
+        if self._raw_field is not None:
+            text = self._raw_field.sub(r"\1" + MASK + r"\2", text)
+        return self.text(text)
 
     def json(self, value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         """A copy of a JSON value with secrets masked in every string (keys included).
+
+        A member named in ``masked_fields`` has its value, whatever its type, replaced
+        by ``***``.
 
         Iterative, so a hostile document nested far deeper than the interpreter's
         recursion limit is cut at ``max_depth`` (``"…"``) instead of crashing.
@@ -90,6 +150,9 @@ class Redactor:
                 parent[slot] = copy
                 for key, child in item.items():
                     name = self.text(str(key))
+                    if key in self._masked_fields:
+                        copy[name] = MASK
+                        continue
                     copy[name] = None
                     stack.append((child, copy, name, depth + 1))
             elif isinstance(item, list):

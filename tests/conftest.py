@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from modelsync import redact
+from tests.helpers import Cli
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -73,3 +74,9 @@ def _fresh_secrets() -> Iterator[None]:
     redact.clear_secrets()
     yield
     redact.clear_secrets()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run ``modelsync ARGS`` in-process: (exit code, stdout, stderr)."""
+    return Cli(capsys)

@@ -1,6 +1,6 @@
-"""Tests for the apply runner (modelsync.apply) and ``modelsync apply`` end to end.
+"""Tests for the apply runner (modelsync.runner, .controls) and ``modelsync apply`` end to end.
 
-The runner is driven directly with a ``LoadModelClient`` whose sleep only records;
+The runner is driven directly with a ModelsLab client whose sleep only records;
 the command goes through ``modelsync.cli.main([...])`` with requests-mock as the API
 and ``StopFlag.sleep`` (the client's backoff sleep in a CLI run) replaced by a recorder,
 so no test waits for a retry. The signal tests run the real command in a subprocess
@@ -25,24 +25,16 @@ import requests
 import requests_mock as rm
 
 import modelsync
-from modelsync.apply import (
-    DOWN_STREAK,
-    AdaptiveGate,
-    ApplyOptions,
-    Report,
-    StopFlag,
-    make_gate,
-    run_apply,
-)
-from modelsync.cli import main
-from modelsync.client import LoadModelClient
+from modelsync.controls import DOWN_STREAK, AdaptiveGate, StopFlag, build_controls
 from modelsync.errors import ExitCode
 from modelsync.manifest import load_manifest
 from modelsync.plan import make_plan
+from modelsync.runner import ApplyOptions, Report, run_apply
 from modelsync.sandbox import Sandbox, SandboxConfig
-from modelsync.state import StateStore, read_state
+from modelsync.store import open_state
+from modelsync.store.file import read_state
+from tests.helpers import ENDPOINT, Cli, FakeClock, make_client
 
-ENDPOINT = "https://api.test/api/v3/load_model"
 OTHER_HOST = "https://elsewhere.test/api/v3/load_model"
 KEY = "test-key-5f0c2a9d81b4"
 OK = {"status": "success", "message": "model load started"}
@@ -87,24 +79,6 @@ def write_manifest(
 
 def ids(n: int) -> list[str]:
     return [f"model-{i:02d}" for i in range(n)]
-
-
-class Cli:
-    """Runs ``modelsync`` in-process and returns (exit code, stdout, stderr)."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self._capsys = capsys
-
-    def __call__(self, *args: str | Path) -> tuple[int, str, str]:
-        self._capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = self._capsys.readouterr()
-        return code, out, err
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(capsys)
 
 
 @pytest.fixture
@@ -161,27 +135,6 @@ def outcomes(report: dict[str, Any]) -> dict[str, str]:
 # --------------------------------------------------------------------------- the runner
 
 
-class FakeClock:
-    """A monotonic clock that moves only when told to; sleep() records and advances."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
 def run_runner(
     tmp_path: Path,
     models: Sequence[dict[str, Any]],
@@ -195,26 +148,25 @@ def run_runner(
     """Plan and apply ``models`` through run_apply with a fake sleep (and clock)."""
     clock = clock or FakeClock()
     manifest = load_manifest(write_manifest(tmp_path / "prod.yaml", models), {})
-    stop = StopFlag()
-    with StateStore(tmp_path / "prod.state.json", ENDPOINT) as store:
-        plan = make_plan(manifest, store.state)
-        _gate, watched, watch = make_gate(parallelism, stop)
-        with LoadModelClient(
+    controls = build_controls(parallelism)
+    backend = open_state(str(tmp_path / "prod.state.json"), manifest_path="", endpoint=ENDPOINT)
+    with backend.open_writer(lock_timeout=0, command="test") as writer:
+        plan = make_plan(manifest, writer.state)
+        with make_client(
             ENDPOINT,
             KEY,
             max_attempts=max_attempts,
             max_retry_after=max_retry_after,
             sleep=clock.sleep,
             clock=clock,
-            gate=watched,
+            gate=controls.watched,
         ) as client:
             report = run_apply(
                 plan,
-                store,
+                writer,
                 client,
                 options=ApplyOptions(parallelism=parallelism, deadline_s=deadline_s),
-                stop=stop,
-                watch=watch,
+                controls=controls,
                 clock=clock,
             )
     return report, clock

@@ -29,7 +29,8 @@ from modelsync import __version__, output
 from modelsync.cli import cli, main
 from modelsync.manifest import load_manifest
 from modelsync.records import ModelRecord, fingerprint
-from modelsync.state import StateStore
+from modelsync.store.file import StateStore
+from tests.helpers import Cli
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "example.yaml"
@@ -73,16 +74,9 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
+def run(cli: Cli) -> Run:
     """Run ``modelsync ARGS`` in-process: (exit code, stdout, stderr)."""
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return cli
 
 
 def specs() -> dict[str, Any]:
@@ -605,7 +599,7 @@ def test_untrusted_state_stops_with_4_and_sends_nothing(
     assert err.startswith("Error: " + expected), err
     assert err.count("\n") == 1  # one message, no traceback
     assert RECOVERY_HINTS[case] in err
-    assert "--state PATH" in err
+    assert "pass --state to " in err
     assert api.call_count == 0
     assert _state_files() == files  # nothing rewritten, nothing "repaired"
 
@@ -637,7 +631,7 @@ def test_apply_while_locked_in_process_exits_4_at_once_naming_the_holder(
 
 _HOLDER = """\
 import sys
-from modelsync.state import StateStore
+from modelsync.store.file import StateStore
 with StateStore(sys.argv[1], sys.argv[2], command="modelsync apply prod.yaml --parallelism 2"):
     print("locked", flush=True)
     sys.stdin.readline()
@@ -926,7 +920,8 @@ def _boom(*_args: Any, **_kwargs: Any) -> Any:
 def test_unexpected_exception_is_70_with_one_line(
     project: Path, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelsync import redact, workflow
+    from modelsync import redact
+    from modelsync.commands import plan as workflow
 
     redact.register_secret(CANARY)
     monkeypatch.setattr(workflow, "make_plan", _boom)
@@ -941,7 +936,8 @@ def test_unexpected_exception_is_70_with_one_line(
 def test_unexpected_exception_shows_the_traceback_with_v(
     project: Path, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelsync import redact, workflow
+    from modelsync import redact
+    from modelsync.commands import plan as workflow
 
     redact.register_secret(CANARY)
     monkeypatch.setattr(workflow, "make_plan", _boom)

@@ -1,4 +1,4 @@
-"""Tests for modelsync.client: classification, the retry loop, redirects, secrets.
+"""Tests for modelsync.api: classification, the retry loop, redirects, secrets.
 
 Every HTTP answer comes from requests-mock; time is a fake clock and sleeping only
 records the wait, so no test waits for real.
@@ -20,16 +20,12 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from modelsync import redact
-from modelsync.client import (
-    MAX_REDIRECTS,
-    LoadModelClient,
-    SubmitResult,
-    Verdict,
-    classify,
-    parse_retry_after,
-)
+from modelsync.api.envelope import MAX_REDIRECTS, Verdict, classify, parse_retry_after
+from modelsync.api.modelslab import ModelsLab as LoadModelClient
+from modelsync.api.transport import CallResult
+from tests.helpers import ENDPOINT, FakeClock
+from tests.helpers import make_client as new_client
 
-ENDPOINT = "https://api.test/api/v3/load_model"
 OTHER_HOST = "https://evil.test/api/v3/load_model"
 KEY = "test-key-0123456789"
 WALL = 1_800_000_000.0  # the fake wall clock, epoch seconds
@@ -46,21 +42,6 @@ HINT = (
     "model id 'majicmix-realistic' already exists on the account: run 'modelsync state "
     "adopt majicmix-realistic' to record it, or set force_load: yes to reload it"
 )
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to; sleep() records and advances."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class RecordingGate:
@@ -93,7 +74,7 @@ def make_client(clock: FakeClock) -> Callable[..., LoadModelClient]:
         }
         options.update(overrides)
         key = options.pop("api_key", KEY)
-        return LoadModelClient(ENDPOINT, key, **options)
+        return new_client(ENDPOINT, key, **options)
 
     return make
 
@@ -338,7 +319,7 @@ def test_submit_classifies_each_answer(
     # in on_retry and leads to a second attempt; any other ends the submit.
     requests_mock.post(ENDPOINT, [{"status_code": status, **reply}, {"json": OK}])
     seen: list[Verdict] = []
-    result = make_client(max_attempts=2).submit(
+    result = make_client(max_attempts=2).load_model(
         BODY, model_id="majicmix-realistic", on_retry=lambda n, v, w: seen.append(v)
     )
     if kind == "retryable":
@@ -414,7 +395,7 @@ def test_submit_already_exists_gives_the_adopt_hint(
 ) -> None:
     reply = {"status": "error", "message": server_message}
     requests_mock.post(ENDPOINT, json=reply)
-    result = make_client().submit(BODY, model_id="majicmix-realistic")
+    result = make_client().load_model(BODY, model_id="majicmix-realistic")
     assert (result.outcome, result.attempts, result.message) == ("failed", 1, HINT)
     assert result.response == reply
     assert requests_mock.call_count == 1
@@ -424,7 +405,7 @@ def test_submit_already_exists_with_force_load_yes(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=409, json={"message": "Model already exists"})
-    result = make_client().submit({**BODY, "force_load": "yes"}, model_id="majicmix-realistic")
+    result = make_client().load_model({**BODY, "force_load": "yes"}, model_id="majicmix-realistic")
     assert result.outcome == "failed"
     assert result.message == (
         "model id 'majicmix-realistic' already exists on the account and was not reloaded even "
@@ -464,8 +445,8 @@ def test_submit_resends_the_reload_body_after_an_answer_that_may_hide_a_load(
     lost: dict[str, Any],
 ) -> None:
     requests_mock.post(ENDPOINT, [lost, {"status_code": 500, "text": ""}, {"json": OK}])
-    caplog.set_level(logging.INFO, logger="modelsync.client")
-    result = make_client().submit(BODY, model_id="m", resend_body=RELOAD)
+    caplog.set_level(logging.INFO, logger="modelsync.api.transport")
+    result = make_client().load_model(BODY, model_id="m", resend_body=RELOAD)
     sent = [r.json() for r in requests_mock.request_history]
     assert [b["force_load"] for b in sent] == ["no", "yes", "yes"]
     assert sent[1] == {**RELOAD, "key": KEY}
@@ -490,7 +471,7 @@ def test_submit_keeps_the_body_after_an_attempt_that_loaded_nothing(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], refused: dict[str, Any]
 ) -> None:
     requests_mock.post(ENDPOINT, [refused, {"json": OK}])
-    result = make_client().submit(BODY, model_id="m", resend_body=RELOAD)
+    result = make_client().load_model(BODY, model_id="m", resend_body=RELOAD)
     assert [r.json()["force_load"] for r in requests_mock.request_history] == ["no", "no"]
     assert (result.outcome, result.attempts, result.resent) == ("submitted", 2, False)
 
@@ -502,7 +483,7 @@ def test_submit_without_resend_body_says_the_lost_attempt_may_have_loaded_it(
     requests_mock.post(
         ENDPOINT, [{"exc": requests.exceptions.ConnectionError("aborted")}, {"json": EXISTS}]
     )
-    result = make_client().submit(BODY, model_id="majicmix-realistic")
+    result = make_client().load_model(BODY, model_id="majicmix-realistic")
     assert [r.json()["force_load"] for r in requests_mock.request_history] == ["no", "no"]
     assert (result.outcome, result.attempts, result.resent) == ("failed", 2, False)
     assert result.message == (
@@ -516,7 +497,7 @@ def test_submit_reload_refused_as_existing_gives_the_force_load_yes_hint(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
 ) -> None:
     requests_mock.post(ENDPOINT, [{"status_code": 502, "text": ""}, {"json": EXISTS}])
-    result = make_client().submit(BODY, model_id="majicmix-realistic", resend_body=RELOAD)
+    result = make_client().load_model(BODY, model_id="majicmix-realistic", resend_body=RELOAD)
     assert (result.outcome, result.attempts, result.resent) == ("failed", 2, True)
     assert "was not reloaded even with force_load: yes" in result.message
 
@@ -530,7 +511,7 @@ def test_submit_follows_same_host_redirect_and_resends_body(
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=status, headers={"Location": "/api/v4/load_model"})
     moved = requests_mock.post("https://api.test/api/v4/load_model", json=OK)
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert (result.outcome, result.attempts, result.http_status) == ("submitted", 1, 200)
     assert moved.call_count == 1
     first, second = requests_mock.request_history
@@ -542,7 +523,7 @@ def test_submit_same_host_redirects_stop_after_the_limit(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=307, headers={"Location": ENDPOINT})
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert result.outcome == "failed"
     assert result.message == (
         f"more than {MAX_REDIRECTS} redirects from {ENDPOINT}: check target.endpoint / --endpoint"
@@ -557,7 +538,7 @@ def test_submit_never_sends_to_another_host(
     requests_mock.post(ENDPOINT, status_code=status, headers={"Location": OTHER_HOST})
     other = requests_mock.post(OTHER_HOST, json=OK)
     other_get = requests_mock.get(OTHER_HOST, json=OK)
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert other.call_count == 0
     assert other_get.call_count == 0
     assert requests_mock.call_count == 1
@@ -584,7 +565,7 @@ def test_submit_redirect_to_other_scheme_or_port_is_not_followed(
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=307, headers={"Location": location})
     other = requests_mock.post(location, json=OK)
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert result.outcome == "failed"
     assert other.call_count == 0
 
@@ -595,7 +576,7 @@ def test_submit_does_not_let_requests_follow_redirects(
     # With requests' default allow_redirects=True this 303 would be followed with a GET.
     requests_mock.post(ENDPOINT, status_code=303, headers={"Location": "/elsewhere"})
     target = requests_mock.get("https://api.test/elsewhere", json=OK)
-    assert make_client().submit(BODY, model_id="m").outcome == "failed"
+    assert make_client().load_model(BODY, model_id="m").outcome == "failed"
     assert target.call_count == 0
 
 
@@ -638,7 +619,7 @@ def test_submit_retries_transport_errors(
 ) -> None:
     requests_mock.post(ENDPOINT, [{"exc": exc}, {"json": OK}])
     seen: list[Verdict] = []
-    result = make_client().submit(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
+    result = make_client().load_model(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
     unsent = isinstance(exc, requests.exceptions.ConnectTimeout)
     assert seen == [Verdict("retryable", None, message, None, None, unsent=unsent)]
     assert (result.outcome, result.attempts, result.retryable_failures) == ("submitted", 2, 1)
@@ -649,7 +630,7 @@ def test_submit_other_request_errors_are_retryable(
 ) -> None:
     requests_mock.post(ENDPOINT, [{"exc": requests.exceptions.RequestException}, {"json": OK}])
     seen: list[Verdict] = []
-    result = make_client().submit(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
+    result = make_client().load_model(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
     assert [v.message for v in seen] == ["request error"]
     assert result.outcome == "submitted"
 
@@ -658,7 +639,7 @@ def test_submit_bad_endpoint_fails_without_retry(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
 ) -> None:
     requests_mock.post(ENDPOINT, exc=requests.exceptions.InvalidURL("bad host"))
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert (result.outcome, result.attempts) == ("failed", 1)
     assert result.message == (
         "cannot send the request (check target.endpoint / --endpoint) (InvalidURL): bad host"
@@ -669,8 +650,8 @@ def test_submit_gives_up_after_max_attempts_with_last_reason(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=503, text="")
-    result = make_client(max_attempts=3).submit(BODY, model_id="m")
-    assert result == SubmitResult(
+    result = make_client(max_attempts=3).load_model(BODY, model_id="m")
+    assert result == CallResult(
         outcome="failed",
         attempts=3,
         http_status=503,
@@ -678,6 +659,7 @@ def test_submit_gives_up_after_max_attempts_with_last_reason(
         response=None,
         duration_s=clock.now - 1000.0,
         retryable_failures=3,
+        uncertain=True,
     )
     assert requests_mock.call_count == 3
     assert len(clock.sleeps) == 2
@@ -687,7 +669,7 @@ def test_submit_single_attempt_gives_up_without_sleeping(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(ENDPOINT, exc=requests.exceptions.ReadTimeout("slow"))
-    result = make_client(max_attempts=1).submit(BODY, model_id="m")
+    result = make_client(max_attempts=1).load_model(BODY, model_id="m")
     assert result.outcome == "failed"
     assert result.message == (
         "gave up after 1 attempt: read timeout: no answer within 60 s (ReadTimeout): slow"
@@ -708,7 +690,7 @@ def test_submit_429_does_not_count_as_retryable_failure(
             {"json": OK},
         ],
     )
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert (result.outcome, result.attempts, result.retryable_failures) == ("submitted", 5, 2)
 
 
@@ -716,7 +698,7 @@ def test_submit_first_401_sends_exactly_one_request(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=401, json={"message": "Invalid API key"})
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert (result.outcome, result.attempts, result.http_status) == ("auth", 1, 401)
     assert result.retryable_failures == 0
     assert requests_mock.call_count == 1
@@ -732,7 +714,7 @@ def test_retry_after_seconds_header_is_slept_exactly(
     requests_mock.post(
         ENDPOINT, [{"status_code": 429, "headers": {"Retry-After": "2"}}, {"json": OK}]
     )
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert clock.sleeps == [2.0]
     assert (result.outcome, result.attempts, result.duration_s) == ("submitted", 2, 2.0)
 
@@ -744,7 +726,7 @@ def test_retry_after_http_date_uses_wall_clock(
     requests_mock.post(
         ENDPOINT, [{"status_code": 503, "headers": {"Retry-After": date}}, {"json": OK}]
     )
-    assert make_client().submit(BODY, model_id="m").outcome == "submitted"
+    assert make_client().load_model(BODY, model_id="m").outcome == "submitted"
     assert clock.sleeps == [7.0]
 
 
@@ -757,7 +739,7 @@ def test_retry_after_beyond_max_fails_at_once(
         headers={"Retry-After": "86400"},
         json={"status": "error", "message": "Rate limit exceeded"},
     )
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert clock.sleeps == []
     assert requests_mock.call_count == 1
     assert (result.outcome, result.attempts, result.http_status) == ("failed", 1, 429)
@@ -771,7 +753,7 @@ def test_retry_after_cap_is_configurable(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(ENDPOINT, [{"status_code": 429, "json": {"retry_after": 30}}, {"json": OK}])
-    result = make_client(max_retry_after=29.5).submit(BODY, model_id="m")
+    result = make_client(max_retry_after=29.5).load_model(BODY, model_id="m")
     assert result.outcome == "failed"
     assert "wait 30 s before retrying, more than --max-retry-after 29.50 s" in result.message
     assert clock.sleeps == []
@@ -787,7 +769,7 @@ def test_malformed_retry_after_falls_back_to_backoff(
     requests_mock.post(
         ENDPOINT, [{"status_code": 503, "headers": {"Retry-After": value}}, {"json": OK}]
     )
-    assert make_client(rng=random.Random(7)).submit(BODY, model_id="m").outcome == "submitted"
+    assert make_client(rng=random.Random(7)).load_model(BODY, model_id="m").outcome == "submitted"
     assert clock.sleeps == [random.Random(7).uniform(0.0, 1.0)]
 
 
@@ -809,7 +791,9 @@ def test_body_retry_after_is_honoured(
         ],
     )
     waits: list[tuple[int, float]] = []
-    result = make_client().submit(BODY, model_id="m", on_retry=lambda n, v, w: waits.append((n, w)))
+    result = make_client().load_model(
+        BODY, model_id="m", on_retry=lambda n, v, w: waits.append((n, w))
+    )
     assert clock.sleeps == [30.0]
     assert waits == [(1, 30.0)]
     assert result.outcome == "submitted"
@@ -826,7 +810,7 @@ def test_header_retry_after_wins_over_body(
             {"json": OK},
         ],
     )
-    make_client().submit(BODY, model_id="m")
+    make_client().load_model(BODY, model_id="m")
     assert clock.sleeps == [2.0, 4.0]
 
 
@@ -870,7 +854,7 @@ def test_backoff_is_full_jitter_within_bounds(
     requests_mock.post(ENDPOINT, status_code=500, text="")
     for seed in range(200):
         clock = FakeClock()
-        client = LoadModelClient(
+        client = new_client(
             ENDPOINT,
             KEY,
             max_attempts=8,
@@ -880,7 +864,7 @@ def test_backoff_is_full_jitter_within_bounds(
             clock=clock,
             rng=random.Random(seed),
         )
-        result = client.submit(BODY, model_id="m")
+        result = client.load_model(BODY, model_id="m")
         assert result.attempts == 8
         # The wait after the failed attempt with 0-based index i is uniform(0, min(cap, base*2**i)).
         bounds = [min(cap, base * 2**i) for i in range(7)]
@@ -890,10 +874,10 @@ def test_backoff_is_full_jitter_within_bounds(
 
 
 def test_backoff_method_bounds() -> None:
-    client = LoadModelClient(ENDPOINT, KEY, rng=random.Random(3))
+    client = new_client(ENDPOINT, KEY, rng=random.Random(3))
     assert [round(min(60.0, 2.0**i), 6) for i in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     for attempt in range(100):
-        assert 0.0 <= client.backoff(attempt) <= min(60.0, 2.0**attempt)
+        assert 0.0 <= client.transport.backoff(attempt) <= min(60.0, 2.0**attempt)
 
 
 # ---------------------------------------------------------------- stop and deadline
@@ -903,8 +887,8 @@ def test_should_stop_before_first_attempt_sends_nothing(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
 ) -> None:
     requests_mock.post(ENDPOINT, json=OK)
-    result = make_client().submit(BODY, model_id="m", should_stop=lambda: True)
-    assert result == SubmitResult(
+    result = make_client().load_model(BODY, model_id="m", should_stop=lambda: True)
+    assert result == CallResult(
         "stopped", 0, None, "stopped before the request was sent", None, 0.0, 0
     )
     assert requests_mock.call_count == 0
@@ -920,7 +904,7 @@ def test_should_stop_between_attempts(
         checks.append(1)
         return len(checks) > 2  # the two checks around the first attempt say "go"
 
-    result = make_client().submit(BODY, model_id="m", should_stop=stop)
+    result = make_client().load_model(BODY, model_id="m", should_stop=stop)
     assert (result.outcome, result.attempts, result.http_status) == ("stopped", 1, 503)
     assert result.message == "stopped after 1 attempt; last: HTTP 503 Service Unavailable"
     assert requests_mock.call_count == 1
@@ -932,7 +916,9 @@ def test_should_stop_while_waiting_for_the_gate_sends_nothing(
     requests_mock.post(ENDPOINT, json=OK)
     stopping: list[bool] = []
     gate = RecordingGate(before_acquire=lambda: stopping.append(True))
-    result = make_client(gate=gate).submit(BODY, model_id="m", should_stop=lambda: bool(stopping))
+    result = make_client(gate=gate).load_model(
+        BODY, model_id="m", should_stop=lambda: bool(stopping)
+    )
     assert result.outcome == "stopped"
     assert requests_mock.call_count == 0
     assert gate.calls == [("acquire",), ("release", "stopped", None)]
@@ -947,7 +933,7 @@ def test_deadline_passing_while_waiting_for_the_gate_sends_nothing(
         clock.now += 60.0
 
     gate = RecordingGate(before_acquire=slow_gate)
-    result = make_client(gate=gate).submit(BODY, model_id="m", deadline=clock.now + 30.0)
+    result = make_client(gate=gate).load_model(BODY, model_id="m", deadline=clock.now + 30.0)
     assert (result.outcome, result.attempts, result.duration_s) == ("deadline", 0, 60.0)
     assert requests_mock.call_count == 0
     assert gate.calls == [("acquire",), ("release", "deadline", None)]
@@ -957,7 +943,7 @@ def test_deadline_passed_sends_nothing(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(ENDPOINT, json=OK)
-    result = make_client().submit(BODY, model_id="m", deadline=clock.now)
+    result = make_client().load_model(BODY, model_id="m", deadline=clock.now)
     assert (result.outcome, result.attempts) == ("deadline", 0)
     assert result.message == "deadline reached before the request was sent"
     assert requests_mock.call_count == 0
@@ -967,7 +953,7 @@ def test_deadline_is_never_slept_past(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=429, headers={"Retry-After": "30"}, text="")
-    result = make_client().submit(BODY, model_id="m", deadline=clock.now + 10)
+    result = make_client().load_model(BODY, model_id="m", deadline=clock.now + 10)
     assert clock.sleeps == []
     assert (result.outcome, result.attempts, result.http_status) == ("deadline", 1, 429)
     assert result.message == (
@@ -1007,7 +993,9 @@ def test_deadline_reached_during_retries(
 
     requests_mock.post(ENDPOINT, text=slow)
     start = clock.now
-    result = make_client(max_attempts=10).submit(BODY, model_id="m", deadline=start + deadline_in)
+    result = make_client(max_attempts=10).load_model(
+        BODY, model_id="m", deadline=start + deadline_in
+    )
     assert (result.outcome, result.attempts, result.message) == ("deadline", attempts, message)
     assert clock.sleeps == sleeps
     assert requests_mock.call_count == attempts
@@ -1026,7 +1014,7 @@ def test_duration_uses_the_clock(
         return text
 
     requests_mock.post(ENDPOINT, text=answer)
-    result = make_client().submit(BODY, model_id="m")
+    result = make_client().load_model(BODY, model_id="m")
     assert result.duration_s == 2.5
 
 
@@ -1037,7 +1025,7 @@ def test_request_carries_key_timeouts_and_user_agent(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
 ) -> None:
     requests_mock.post(ENDPOINT, json=OK)
-    make_client(connect_timeout=3.0, read_timeout=20.0).submit(BODY, model_id="m")
+    make_client(connect_timeout=3.0, read_timeout=20.0).load_model(BODY, model_id="m")
     (sent,) = requests_mock.request_history
     assert sent.json() == {**BODY, "key": KEY}
     timeout: object = sent.timeout  # typed int in the stubs; requests passes the tuple
@@ -1059,7 +1047,7 @@ def test_gate_is_held_around_every_attempt(
         ],
     )
     gate = RecordingGate()
-    make_client(gate=gate).submit(BODY, model_id="m")
+    make_client(gate=gate).load_model(BODY, model_id="m")
     assert gate.calls == [
         ("acquire",),
         ("release", "retryable", 429),
@@ -1076,7 +1064,7 @@ def test_gate_is_released_when_the_attempt_raises(
     requests_mock.post(ENDPOINT, exc=RuntimeError("bug"))
     gate = RecordingGate()
     with pytest.raises(RuntimeError):
-        make_client(gate=gate).submit(BODY, model_id="m")
+        make_client(gate=gate).load_model(BODY, model_id="m")
     assert gate.calls == [("acquire",), ("release", "failed", None)]
 
 
@@ -1093,8 +1081,8 @@ def test_retry_is_logged_once_per_retry(
             {"json": OK},
         ],
     )
-    caplog.set_level(logging.INFO, logger="modelsync.client")
-    make_client().submit(BODY, model_id="majicmix-realistic")
+    caplog.set_level(logging.INFO, logger="modelsync.api.transport")
+    make_client().load_model(BODY, model_id="majicmix-realistic")
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert [r.getMessage() for r in infos] == [
         "majicmix-realistic: attempt 1 of 5 failed (HTTP 503 Service Unavailable); retrying in 3 s",
@@ -1111,7 +1099,7 @@ def test_custom_logger_is_used(
 ) -> None:
     requests_mock.post(ENDPOINT, [{"status_code": 500, "text": ""}, {"json": OK}])
     caplog.set_level(logging.INFO)
-    make_client(logger=logging.getLogger("custom.apply")).submit(BODY, model_id="m")
+    make_client(logger=logging.getLogger("custom.apply")).load_model(BODY, model_id="m")
     assert [r.name for r in caplog.records] == ["custom.apply"]
 
 
@@ -1119,9 +1107,9 @@ def test_custom_logger_is_used(
 
 
 def test_own_session_pools_without_urllib3_retries() -> None:
-    client = LoadModelClient(ENDPOINT, KEY)
+    client = new_client(ENDPOINT, KEY)
     for prefix in ("https://", "http://"):
-        adapter = client._session.adapters[prefix]
+        adapter = client.transport._session.adapters[prefix]
         assert isinstance(adapter, HTTPAdapter)
         assert adapter._pool_maxsize == 32  # type: ignore[attr-defined]
         assert adapter.max_retries.total == 0
@@ -1132,10 +1120,10 @@ def test_close_leaves_a_borrowed_session_open(monkeypatch: pytest.MonkeyPatch) -
     closed: list[str] = []
     session = requests.Session()
     monkeypatch.setattr(session, "close", lambda: closed.append("borrowed"))
-    LoadModelClient(ENDPOINT, KEY, session=session).close()
+    new_client(ENDPOINT, KEY, session=session).close()
     assert closed == []
-    with LoadModelClient(ENDPOINT, KEY) as own:
-        monkeypatch.setattr(own._session, "close", lambda: closed.append("own"))
+    with new_client(ENDPOINT, KEY) as own:
+        monkeypatch.setattr(own.transport._session, "close", lambda: closed.append("own"))
     assert closed == ["own"]
 
 
@@ -1145,17 +1133,17 @@ def test_one_session_is_reused(
     session = requests.Session()
     requests_mock.post(ENDPOINT, json=OK)
     client = make_client(session=session)
-    client.submit(BODY, model_id="a")
-    client.submit(BODY, model_id="b")
-    assert client._session is session
+    client.load_model(BODY, model_id="a")
+    client.load_model(BODY, model_id="b")
+    assert client.transport._session is session
     assert requests_mock.call_count == 2
 
 
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_attempts"):
-        LoadModelClient(ENDPOINT, KEY, max_attempts=0)
+        new_client(ENDPOINT, KEY, max_attempts=0)
     with pytest.raises(ValueError, match="negative"):
-        LoadModelClient(ENDPOINT, KEY, backoff_cap=-1)
+        new_client(ENDPOINT, KEY, backoff_cap=-1)
 
 
 def test_oversized_body_is_read_only_up_to_the_limit(
@@ -1164,7 +1152,7 @@ def test_oversized_body_is_read_only_up_to_the_limit(
     huge = b'{"status": "success", "message": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     requests_mock.post(ENDPOINT, [{"content": huge}, {"json": OK}])
     seen: list[Verdict] = []
-    make_client().submit(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
+    make_client().load_model(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
     assert [v.message for v in seen] == [
         "unreadable answer (HTTP 200 OK): invalid JSON (the body was cut short?)"
     ]
@@ -1228,13 +1216,13 @@ def test_canary_key_never_leaks(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     requests_mock.post(ENDPOINT, text=_echo(status, shape))
-    client = LoadModelClient(
+    client = new_client(
         ENDPOINT, CANARY, sleep=clock.sleep, clock=clock, rng=random.Random(0), max_attempts=3
     )
     if registry_cleared:
         redact.clear_secrets()  # the client still masks its own key
     seen: list[Verdict] = []
-    result = client.submit(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
+    result = client.load_model(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
     assert requests_mock.last_request is not None
     assert CANARY in requests_mock.last_request.text  # the key was sent...
     # ...and nothing the caller can see carries it back.
@@ -1269,8 +1257,8 @@ def test_canary_key_not_in_exception_texts(
         ENDPOINT,
         exc=exc_type(f"POST https://api.test/?key={CANARY} failed: body {{'key': '{CANARY}'}}"),
     )
-    client = LoadModelClient(ENDPOINT, CANARY, sleep=clock.sleep, clock=clock, max_attempts=2)
-    result = client.submit(BODY, model_id="m")  # returns, never raises
+    client = new_client(ENDPOINT, CANARY, sleep=clock.sleep, clock=clock, max_attempts=2)
+    result = client.load_model(BODY, model_id="m")  # returns, never raises
     assert "***" in result.message
     assert CANARY not in repr(result)
     assert CANARY not in caplog.text
@@ -1283,8 +1271,8 @@ def test_canary_key_not_in_redirect_messages(
     location = f"https://evil.test/steal?key={CANARY}"
     requests_mock.post(ENDPOINT, status_code=status, headers={"Location": location})
     evil = requests_mock.post("https://evil.test/steal", json=OK)
-    client = LoadModelClient(ENDPOINT, CANARY, sleep=clock.sleep, clock=clock)
-    result = client.submit(BODY, model_id="m")
+    client = new_client(ENDPOINT, CANARY, sleep=clock.sleep, clock=clock)
+    result = client.load_model(BODY, model_id="m")
     assert evil.call_count == 0
     assert result.outcome == "failed"
     assert CANARY not in repr(result)

@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 import requests
 
+from modelsync.defaults import SANDBOX_ENDPOINT
 from modelsync.manifest import load_manifest
 from modelsync.records import State
 from modelsync.sandbox import Sandbox, SandboxConfig
-from modelsync.state import read_state
-from modelsync.workflow import SANDBOX_ENDPOINT
+from modelsync.store.file import read_state
 
 pytestmark = pytest.mark.slow
 

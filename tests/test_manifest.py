@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from modelsync import manifest as manifest_module
 from modelsync import records
 from modelsync.cli import main
 from modelsync.errors import ManifestError
 from modelsync.manifest import Manifest, load_manifest
+from modelsync.manifest import load as manifest_module
 from modelsync.records import SENT_FIELDS, ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]

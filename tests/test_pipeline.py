@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from modelsync import __version__, output
-from modelsync.apply import Result
 from modelsync.cli import cli, main
+from modelsync.runner import ModelResult as Result
 from modelsync.sandbox import Sandbox, SandboxConfig
 
 REPO = Path(__file__).resolve().parents[1]

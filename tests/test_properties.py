@@ -26,13 +26,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from modelsync import manifest as manifest_module
-from modelsync import workflow
-from modelsync.apply import ApplyOptions, StopFlag
+from modelsync.commands.apply import apply
+from modelsync.commands.plan import plan
+from modelsync.controls import StopFlag
 from modelsync.errors import ManifestError
-from modelsync.manifest import Manifest, load_manifest
-from modelsync.plan import Selection
+from modelsync.manifest import Manifest, fastcheck, load_manifest, schemafile
 from modelsync.records import ModelRecord, fingerprint
-from modelsync.state import StateStore
+from modelsync.runner import ApplyOptions
+from modelsync.settings import ClientOptions, Settings
+from modelsync.store.file import StateStore
 from modelsync.yamlio import YamlDate
 
 ENDPOINT = "https://api.test/api/v3/load_model"
@@ -438,10 +440,15 @@ def test_plan_apply_plan_leaves_nothing_to_do(
     manifest_path = case / "prod.yaml"
     manifest_path.write_text(dump(document, "yaml"), encoding="utf-8")
     state_path = case / "prod.state.json"
-    target = workflow.resolve_target(
-        str(manifest_path), endpoint=ENDPOINT, state=str(state_path), env=ENV
+    settings = Settings(
+        str(manifest_path),
+        endpoint=ENDPOINT,
+        state=str(state_path),
+        client=ClientOptions(max_attempts=3),
+        command="modelsync apply (test)",
+        env={**ENV, "MODELSYNC_API_KEY": KEY},
     )
-    specs = {spec.model_id: spec for spec in target.manifest.models}
+    specs = {spec.model_id: spec for spec in settings.manifest.models}
 
     # The state before: some models submitted (as now, or with another request), failed,
     # pending, and a few orphans.
@@ -456,7 +463,7 @@ def test_plan_apply_plan_leaves_nothing_to_do(
                 }
             store.record(model_id, ModelRecord(fingerprint(request), request, status, attempts=1))
 
-    before, _state = workflow.compute_plan(target, Selection())
+    before = plan(settings).plan
     failed_once: set[str] = set()
 
     def answer(request: Any, context: Any) -> dict[str, Any]:
@@ -473,21 +480,15 @@ def test_plan_apply_plan_leaves_nothing_to_do(
         api.post(ENDPOINT, json=answer)
         stop = StopFlag()
         stop.sleep = lambda _seconds: None  # type: ignore[method-assign]  # no test waits
-        _plan, report = workflow.apply_plan(
-            target,
-            Selection(),
-            api_key=KEY,
-            options=ApplyOptions(parallelism=4, forget_orphans=forget_orphans),
-            client_options=workflow.ClientOptions(max_attempts=3),
-            stop=stop,
-            lock_timeout=0,
-            command="modelsync apply (test)",
-        )
+        report = apply(
+            settings, ApplyOptions(parallelism=4, forget_orphans=forget_orphans), stop=stop
+        ).report
+        assert report is not None
         sent = api.call_count
     assert report.exit_code == 0, report.to_json()
     assert sent == len(before.to_submit) * (2 if flaky else 1)  # no model sent twice
 
-    after, _state = workflow.compute_plan(target, Selection())
+    after = plan(settings).plan
     assert not after.has_changes, [(c.model_id, c.action) for c in after.changes]
     assert after.summary["unchanged"] == len(specs)
     orphaned = after.summary["orphan"]
@@ -528,13 +529,13 @@ def test_fingerprint_does_not_depend_on_key_order(
 
 
 def jsonschema_accepts(document: dict[str, Any]) -> bool:
-    return bool(manifest_module._validator().is_valid(document))
+    return bool(schemafile._validator().is_valid(document))
 
 
 @settings(max_examples=400, deadline=None)
 @given(model=near_valid_models())
 def test_fast_model_check_never_accepts_what_jsonschema_rejects(model: dict[str, Any]) -> None:
-    fast = manifest_module._fast_check()
+    fast = fastcheck._fast_check()
     if fast(model):
         assert jsonschema_accepts({"version": 1, "models": [model]}), model
 
@@ -568,7 +569,7 @@ def test_fast_head_check_never_accepts_what_jsonschema_rejects(
         document.setdefault(section, {})
         if isinstance(document[section], dict):
             document[section][name] = value
-    fast = manifest_module._fast_check()
+    fast = fastcheck._fast_check()
     if fast.head(document):
         assert jsonschema_accepts({**document, "models": []}), document
 
@@ -578,5 +579,5 @@ def test_fast_head_check_never_accepts_what_jsonschema_rejects(
 def test_fast_model_check_takes_the_valid_models(model: dict[str, Any]) -> None:
     # Not a correctness property: it keeps the fast path from silently turning into
     # "always ask jsonschema" (four times slower on a large manifest, DESIGN §7).
-    assert manifest_module._fast_check()(model)
+    assert fastcheck._fast_check()(model)
     assert jsonschema_accepts({"version": 1, "models": [model]})

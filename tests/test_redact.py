@@ -33,6 +33,101 @@ def test_redacting_filter_masks_log_arguments(caplog: pytest.LogCaptureFixture) 
     assert "key=***" in caplog.text
 
 
+def test_redactor_options_are_off_by_default() -> None:
+    r = redact.Redactor()
+    r.add("abc")
+    assert not r
+    assert r.text("abc") == "abc"
+    assert r.text("https://x.test/f?token=t0k3n") == "https://x.test/f?token=t0k3n"
+    assert r.json({"key": "k", "a": ["abc"]}) == {"key": "k", "a": ["abc"]}
+    assert r.raw_json('{"key": "k"') == '{"key": "k"'
+
+
+def test_redactor_whole_masks_a_short_secret_only_when_it_is_the_value() -> None:
+    r = redact.Redactor()
+    r.add("abc", whole=True)
+    assert r
+    assert r.text("abc") == "***"
+    assert r.text("abcd and abc") == "abcd and abc"
+    assert r.json({"k": "abc", "l": ["abc", "xabcx"], "abc": 1}) == {
+        "k": "***",
+        "l": ["***", "xabcx"],
+        "***": 1,
+    }
+
+
+def test_redactor_whole_with_a_long_secret_also_masks_it_inside_text() -> None:
+    r = redact.Redactor()
+    r.add("long-canary-1", whole=True)
+    assert r.text("long-canary-1") == "***"
+    assert r.text("has long-canary-1 inside") == "has *** inside"
+    r.clear()
+    assert not r
+    assert r.text("long-canary-1") == "long-canary-1"
+
+
+def test_redactor_url_credentials_masks_token_like_query_values() -> None:
+    r = redact.Redactor(url_credentials=True)
+    assert r
+    url = "https://civitai.com/api/download/models/1?type=Model&token=t0k3n-canary&fp=fp16"
+    assert r.text(url) == "https://civitai.com/api/download/models/1?type=Model&token=***&fp=fp16"
+    assert r.text("/f?access_token=a1&SIG=s2#frag") == "/f?access_token=***&SIG=***#frag"
+    assert r.text("/f;apikey=a1") == "/f;apikey=***"
+    # Only query parameters: a bare word and an unknown name are left alone.
+    assert r.text("token=x") == "token=x"
+    assert r.text("/f?tokens=x") == "/f?tokens=x"
+    assert r.json({"url": "https://h.test/m?key=k3y"}) == {"url": "https://h.test/m?key=***"}
+
+
+def test_redactor_masked_fields_masks_the_whole_value_at_any_depth() -> None:
+    r = redact.Redactor(masked_fields=("key",))
+    body = {
+        "key": "k",
+        "model_id": "m",
+        "extra": [{"key": {"nested": "x"}}, {"key": 5}, {"keys": "kept"}],
+    }
+    assert r.json(body) == {
+        "key": "***",
+        "model_id": "m",
+        "extra": [{"key": "***"}, {"key": "***"}, {"keys": "kept"}],
+    }
+    assert body["key"] == "k"  # a copy
+
+
+def test_redactor_raw_json_masks_fields_in_a_document_that_does_not_parse() -> None:
+    r = redact.Redactor(masked_fields=("key", "token"))
+    r.add("canary-key-1")
+    assert r.raw_json('{"key" : "a\\"b", "url": "u", "token":"t') == (
+        '{"key" : "***", "url": "u", "token":"t'
+    )
+    # An unterminated value is left to the secret search.
+    assert r.raw_json('{"key": "canary-key-1') == '{"key": "***'
+    assert r.raw_json('{"model_id": "key"}') == '{"model_id": "key"}'
+
+
+def test_redactor_include_registered_adds_the_process_secrets() -> None:
+    own = redact.Redactor(include_registered=True)
+    plain = redact.Redactor()
+    assert not own
+    redact.register_secret("process-canary")
+    assert own
+    assert own.text("a process-canary b") == "a *** b"
+    assert plain.text("a process-canary b") == "a process-canary b"
+    # The process's own redaction does not learn the instance's secrets.
+    own.add("own-canary")
+    assert redact.redact("own-canary") == "own-canary"
+
+
+def test_redactor_json_cuts_a_deeply_nested_value_instead_of_crashing() -> None:
+    r = redact.Redactor(masked_fields=("key",))
+    r.add("abc", whole=True)
+    deep: object = "abc"
+    for _ in range(10_000):
+        deep = [deep]
+    out = r.json({"key": "abc", "deep": deep}, max_depth=3)
+    assert out == {"key": "***", "deep": [["…"]]}
+
+
 def test_network_guard_refuses_public_address() -> None:
     import socket
 

@@ -379,6 +379,30 @@ def test_request_log_records_a_reset_without_status(tmp_path: Path) -> None:
     assert entry["model_id"] == "majicmix"
 
 
+def test_request_log_masks_a_short_key_only_where_it_is_the_whole_value(tmp_path: Path) -> None:
+    log_path = tmp_path / "requests.jsonl"
+    with Sandbox(SandboxConfig(api_key="ab", request_log=log_path)) as sb:
+        assert load(sb, body(key="ab", model_name="ab", model_id="tabby")).status_code == 200
+    entry = json.loads(log_path.read_text(encoding="utf-8"))
+    assert entry["body"]["key"] == "***"
+    assert entry["body"]["model_name"] == "***"
+    # Searched in free text, a two-letter key would mask ordinary words.
+    assert entry["model_id"] == "tabby"
+
+
+def test_request_log_survives_a_deeply_nested_body(tmp_path: Path) -> None:
+    log_path = tmp_path / "requests.jsonl"
+    depth = 900  # json.loads parses it; a recursive walk of it would not survive
+    data = b'{"key": "sandbox", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    with Sandbox(SandboxConfig(request_log=log_path)) as sb:
+        resp = requests.post(sb.load_model_url, data=data, timeout=TIMEOUT)
+        assert resp.status_code == 200
+        assert resp.json()["status"] == "error"
+    entry = json.loads(log_path.read_text(encoding="utf-8"))
+    assert entry["outcome"] == "validation_error"
+    assert entry["body"]["key"] == "***"
+
+
 def test_latency_overlaps_across_parallel_clients() -> None:
     with Sandbox(SandboxConfig(latency_ms=100)) as sb:
 

@@ -20,13 +20,10 @@ import pytest
 from modelsync import redact
 from modelsync.errors import ExitCode, StateError, StateLockedError
 from modelsync.records import ModelRecord
-from modelsync.state import (
-    FORMAT_VERSION,
-    StateStore,
-    default_state_path,
-    read_state,
-    sandbox_state_path,
-)
+from modelsync.store import default_location
+from modelsync.store import journal as journal_module
+from modelsync.store.file import FileBackend, StateStore, read_state
+from modelsync.store.trust import FORMAT_VERSION
 
 ENDPOINT = "https://stablediffusionapi.com/api/v3/load_model"
 CHILD = Path(__file__).with_name("state_child.py")
@@ -86,16 +83,18 @@ def listing(folder: Path) -> dict[str, tuple[int, int, bytes]]:
 
 
 def test_default_state_path_is_beside_the_manifest() -> None:
-    assert default_state_path(Path("manifests/prod.yaml")) == Path(
+    assert default_location(Path("manifests/prod.yaml")) == Path(
         "manifests/.modelsync/prod.state.json"
     )
 
 
 def test_sandbox_state_path_is_a_sibling() -> None:
-    assert sandbox_state_path(Path("m/.modelsync/prod.state.json")) == Path(
-        "m/.modelsync/prod.sandbox.state.json"
-    )
-    assert sandbox_state_path(Path("custom.json")) == Path("custom.sandbox.state.json")
+    sandbox = "http://127.0.0.1:8765/api/v3/load_model"
+    main = FileBackend(Path("m/.modelsync/prod.state.json"), ENDPOINT).for_sandbox(sandbox)
+    assert main.path == Path("m/.modelsync/prod.sandbox.state.json")
+    assert main.endpoint == sandbox
+    custom = FileBackend("custom.json", ENDPOINT).for_sandbox(sandbox)
+    assert custom.path == Path("custom.sandbox.state.json")
 
 
 # --------------------------------------------------------------------------- round trip
@@ -362,9 +361,7 @@ def test_records_from_many_threads_are_all_kept(path: Path) -> None:
 def test_group_commit_returns_each_record_only_once_its_line_is_synced(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modelsync.state as state_module
-
-    real = state_module._datasync
+    real = journal_module._datasync
     synced: list[int] = []  # journal size covered by each fdatasync, in order
     guard = threading.Lock()
 
@@ -375,7 +372,7 @@ def test_group_commit_returns_each_record_only_once_its_line_is_synced(
         with guard:
             synced.append(size)
 
-    monkeypatch.setattr(state_module, "_datasync", slow_datasync)
+    monkeypatch.setattr(journal_module, "_datasync", slow_datasync)
     threads, per_thread = 8, 15
     late: list[str] = []
     with StateStore(path, ENDPOINT) as store:
@@ -406,8 +403,6 @@ def test_group_commit_returns_each_record_only_once_its_line_is_synced(
 def test_failed_sync_fails_every_record_it_would_have_covered(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modelsync.state as state_module
-
     entered = threading.Event()
     release = threading.Event()
 
@@ -418,7 +413,7 @@ def test_failed_sync_fails_every_record_it_would_have_covered(
 
     with StateStore(path, ENDPOINT) as store:
         store.record("first", rec(1))
-        monkeypatch.setattr(state_module, "_datasync", failing_datasync)
+        monkeypatch.setattr(journal_module, "_datasync", failing_datasync)
         errors: dict[str, str] = {}
 
         def work(model_id: str) -> None:
@@ -516,8 +511,10 @@ def test_untrusted_state_is_refused_with_a_recovery_hint(path: Path, case: str) 
         assert f"state {path} " in message
         assert "would submit every model again" in message
         # A backup exists, so the hint is to restore it.
-        assert f"cp {sib(path, '.backup')} {path}" in message
-        assert "--state PATH" in message
+        assert message.endswith(
+            f"; restore the previous snapshot with `cp {sib(path, '.backup')} {path}`,"
+            " or pass --state to use another state"
+        )
     assert path.read_bytes() == bad  # nothing was rewritten
 
 
@@ -526,8 +523,12 @@ def test_untrusted_state_without_backup_points_to_state_commands(path: Path) -> 
     path.write_bytes(b"")
     with pytest.raises(StateError, match="is empty") as info:
         read_state(path, ENDPOINT)
-    assert "modelsync state adopt" in str(info.value)
-    assert "--state PATH" in str(info.value)
+    assert str(info.value) == (
+        f"state {path} is empty; modelsync will not read it as 'nothing submitted', which"
+        f" would submit every model again; restore {path} from version control or a copy,"
+        " or pass --state to use another state; to rebuild it, move it away and run"
+        " `modelsync state adopt ID...` for the models already on the account"
+    )
 
 
 def test_endpoint_mismatch_names_both_endpoints(path: Path) -> None:
@@ -536,10 +537,11 @@ def test_endpoint_mismatch_names_both_endpoints(path: Path) -> None:
     for attempt in (lambda: read_state(path, other), lambda: StateStore(path, other).__enter__()):
         with pytest.raises(StateError) as info:
             attempt()
-        message = str(info.value)
-        assert f"written for endpoint {ENDPOINT}, but this run targets {other}" in message
-        assert f"--endpoint {ENDPOINT}" in message
-        assert "--state PATH" in message
+        assert str(info.value) == (
+            f"state {path} was written for endpoint {ENDPOINT}, but this run targets {other};"
+            f" pass --endpoint {ENDPOINT} to use this state, or pass --state to keep a"
+            " separate state per endpoint"
+        )
     # The failed store released its lock.
     with StateStore(path, ENDPOINT):
         pass
@@ -554,9 +556,15 @@ def test_lineage_different_from_the_backup_is_refused(tmp_path: Path, path: Path
     with pytest.raises(StateError) as info:
         read_state(path, ENDPOINT)
     message = str(info.value)
-    assert "lineage" in message
-    assert load(other)["lineage"] in message
-    assert f"cp {sib(path, '.backup')} {path}" in message
+    backup = sib(path, ".backup")
+    assert message == (
+        f"state {path} has lineage {load(other)['lineage']}, but its backup {backup} has"
+        f" lineage {load(backup)['lineage']}: the state was replaced by one that belongs to"
+        f" another state; if the backup is right, restore it with `cp {backup} {path}`;"
+        f" if {path} is the state you mean, remove {backup}; or pass --state to use another"
+        " state"
+    )
+    assert load(other)["lineage"] != load(backup)["lineage"]
     with pytest.raises(StateError, match="lineage"), StateStore(path, ENDPOINT):
         pass
 
@@ -573,7 +581,10 @@ def test_missing_state_with_a_backup_is_refused(path: Path) -> None:
             attempt()
         message = str(info.value)
         assert f"state {path} is missing but its backup" in message
-        assert f"cp {sib(path, '.backup')} {path}" in message
+        assert message.endswith(
+            f"; restore it with `cp {sib(path, '.backup')} {path}`,"
+            " or pass --state to use another state"
+        )
     assert not path.exists()
 
 
@@ -582,9 +593,13 @@ def test_missing_state_with_a_journal_is_refused(path: Path) -> None:
     write_journal(path, "6f1c0000-0000-4000-8000-000000000000", 0, [put("a", rec(1))])
     with pytest.raises(StateError) as info:
         read_state(path, ENDPOINT)
-    message = str(info.value)
-    assert f"state {path} is missing but its journal {sib(path, '.journal')} exists" in message
-    assert "--state PATH" in message
+    journal = sib(path, ".journal")
+    assert str(info.value) == (
+        f"state {path} is missing but its journal {journal} exists (results of a run that"
+        " did not finish); restore the state file from a copy, or pass --state to use"
+        f" another state; remove {journal} only if you mean to start from nothing (every"
+        " model will be submitted again)"
+    )
     with pytest.raises(StateError, match="is missing"), StateStore(path, ENDPOINT):
         pass
     assert not path.exists()

@@ -1,0 +1,82 @@
+"""``modelsync state list|show|rm|adopt``: inspect and edit the state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from modelsync.errors import UsageError
+from modelsync.records import ModelRecord, State, new_record, utc_now
+from modelsync.settings import Settings
+
+
+def read(settings: Settings) -> State:
+    """The state, read-only."""
+    return settings.open_state().read()
+
+
+def show(settings: Settings, model_id: str) -> ModelRecord:
+    """One model's record; a usage error naming the state when it has none."""
+    backend = settings.open_state()
+    record = backend.read().models.get(model_id)
+    if record is None:
+        raise UsageError(f"{model_id!r} is not in the state {backend.location}")
+    return record
+
+
+def rm(settings: Settings, model_ids: Sequence[str]) -> list[str]:
+    """Drop records from the state (nothing is deleted remotely)."""
+    backend = settings.open_state()
+    with backend.open_writer(
+        lock_timeout=settings.lock_timeout, command="modelsync state rm"
+    ) as writer:
+        missing = [m for m in model_ids if m not in writer.state.models]
+        if missing:
+            raise UsageError(
+                f"not in the state {backend.location}: {', '.join(missing)} "
+                "(see 'modelsync state list')"
+            )
+        writer.forget(model_ids)
+    return list(model_ids)
+
+
+def adopt(settings: Settings, model_ids: Sequence[str]) -> list[str]:
+    """Record models that already exist on the account as submitted, without a request."""
+    manifest = settings.manifest
+    specs = []
+    for model_id in model_ids:
+        spec = manifest.model(model_id)
+        if spec is None:
+            raise UsageError(
+                f"{model_id!r} is not in {settings.manifest_path}: add it to the manifest "
+                "first, as it exists on the account"
+            )
+        specs.append(spec)
+    backend = settings.open_state()
+    with backend.open_writer(
+        lock_timeout=settings.lock_timeout, command="modelsync state adopt"
+    ) as writer:
+        now = utc_now()
+        for spec in specs:
+            adopted = {"status": "adopted", "message": "recorded by modelsync state adopt"}
+            record = new_record(
+                spec,
+                spec.request(spec.force_load or "no"),
+                "submitted",
+                submitted_at=now,
+                response=adopted,
+            )
+            writer.record(spec.model_id, record)
+    return [s.model_id for s in specs]
+
+
+def describe(state: State) -> dict[str, Any]:
+    """The state as a JSON document (for ``state list --output json``)."""
+    return {
+        "format_version": 1,
+        "state": state.location,
+        "lineage": state.lineage if state.exists else None,
+        "serial": state.serial,
+        "endpoint": state.endpoint,
+        "models": {k: v.to_json() for k, v in sorted(state.models.items())},
+    }

@@ -1,0 +1,195 @@
+"""The schema step's fast path: a valid manifest is accepted without jsonschema."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+from modelsync.manifest.schemafile import schema
+
+
+class _FastModelCheck:
+    """A conservative fast path for the happy case, compiled from the schema itself.
+
+    jsonschema costs about 150 µs per model; a 10,000-model manifest must validate
+    in well under a second. This checks each model against predicates compiled from
+    the model subschema (types, patterns, enums, lengths, required, the url if/then).
+    It only ever says "certainly valid": on any doubt the caller runs jsonschema on
+    the whole document, which also produces the error messages.
+    """
+
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        model = root["$defs"]["model"]
+        defs = root["$defs"]
+        self.required = frozenset(model["required"])
+        self.props: dict[str, Callable[[Any], bool]] = {
+            name: self._compile(sub, defs) for name, sub in model["properties"].items()
+        }
+        cond = model["if"]
+        self.if_field = next(iter(cond["properties"]))
+        self.if_value = cond["properties"][self.if_field]["const"]
+        self.then_url = self._compile(model["then"]["properties"]["url"], defs)
+        self.else_url = self._compile(model["else"]["properties"]["url"], defs)
+        if (
+            set(model)
+            - {
+                "description",
+                "type",
+                "additionalProperties",
+                "required",
+                "properties",
+                "if",
+                "then",
+                "else",
+            }
+            or model.get("additionalProperties") is not False
+        ):
+            raise ValueError("the fast path does not know this model schema")
+        # The document around the models (version, target, defaults), so that a valid
+        # manifest never needs jsonschema: importing and building it is a quarter second.
+        self.head = self._compile_object(root, defs, skip="models")
+
+    def _compile_object(
+        self, sub: Mapping[str, Any], defs: Mapping[str, Any], *, skip: str = ""
+    ) -> Callable[[Any], bool]:
+        """A closed mapping with named properties; ``skip`` names one checked elsewhere."""
+        known = {"$schema", "$id", "$defs", "title", "description", "type", "required"}
+        known |= {"additionalProperties", "properties"}
+        if (
+            set(sub) - known
+            or sub.get("type") != "object"
+            or sub.get("additionalProperties") is not False
+        ):
+            return _never
+        required = frozenset(sub.get("required", ()))
+        props: dict[str, Callable[[Any], bool]] = {}
+        for name, prop in sub.get("properties", {}).items():
+            if name == skip:
+                props[name] = _always
+            elif "properties" in prop:
+                props[name] = self._compile_object(prop, defs)
+            else:
+                props[name] = self._compile(prop, defs)
+
+        def closed_mapping(v: Any) -> bool:
+            if type(v) is not dict or not required.issubset(v):
+                return False
+            for key, value in v.items():
+                check = props.get(key)
+                if check is None or not check(value):
+                    return False
+            return True
+
+        return closed_mapping
+
+    def _compile(self, sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Callable[[Any], bool]:
+        if "$ref" in sub:
+            sub = defs[sub["$ref"].rsplit("/", 1)[-1]]
+        checks: list[Callable[[Any], bool]] = []
+        for key, value in sub.items():
+            if key == "description":
+                continue
+            check = _keyword_check(key, value)
+            if check is None:
+                return _never  # a keyword the fast path does not know: defer to jsonschema
+            checks.append(check)
+
+        def all_checks(v: Any) -> bool:
+            return all(check(v) for check in checks)
+
+        return all_checks
+
+    def __call__(self, model: Any) -> bool:
+        if type(model) is not dict or not self.required.issubset(model):
+            return False
+        props = self.props
+        for key, value in model.items():
+            check = props.get(key)
+            if check is None or not check(value):
+                return False
+        url_check = self.then_url if model[self.if_field] == self.if_value else self.else_url
+        return url_check(model["url"])
+
+
+def _never(_value: Any) -> bool:
+    return False
+
+
+def _always(_value: Any) -> bool:
+    return True
+
+
+def _keyword_check(key: str, value: Any) -> Callable[[Any], bool] | None:
+    """A predicate for one schema keyword, exact where jsonschema is exact; None if unknown."""
+    if key == "type" and value in ("string", "object"):
+        wanted: type = str if value == "string" else dict
+
+        def is_type(v: Any) -> bool:
+            return type(v) is wanted
+
+        return is_type
+    if key == "pattern":
+        rx = re.compile(value)
+
+        def matches(v: Any) -> bool:
+            return type(v) is not str or rx.search(v) is not None
+
+        return matches
+    if key == "not" and isinstance(value, dict) and set(value) == {"pattern"}:
+        not_rx = re.compile(value["pattern"])
+
+        def does_not_match(v: Any) -> bool:
+            return type(v) is str and not_rx.search(v) is None
+
+        return does_not_match
+    if key == "const":
+        # Exact type too: jsonschema also takes 1.0 for 1, which jsonschema then judges.
+        def is_const(v: Any) -> bool:
+            return type(v) is type(value) and v == value
+
+        return is_const
+    if key == "enum":
+        # (type, value) pairs: jsonschema does not take True for 1, nor a YamlDate for text.
+        allowed = {(type(e), e) for e in value}
+
+        def in_enum(v: Any) -> bool:
+            try:
+                return (type(v), v) in allowed
+            except TypeError:  # unhashable
+                return False
+
+        return in_enum
+    if key in ("maxLength", "minLength"):
+        limit = int(value)
+        longest = key == "maxLength"
+
+        def length_ok(v: Any) -> bool:
+            if type(v) is not str:
+                return True
+            return len(v) <= limit if longest else len(v) >= limit
+
+        return length_ok
+    if key == "additionalProperties" and value == {"type": "string"}:
+
+        def string_values(v: Any) -> bool:
+            return type(v) is not dict or all(type(x) is str for x in v.values())
+
+        return string_values
+    if key == "propertyNames" and isinstance(value, dict) and set(value) == {"pattern"}:
+        name_rx = re.compile(value["pattern"])
+
+        def names_ok(v: Any) -> bool:
+            return type(v) is not dict or all(
+                type(k) is str and name_rx.search(k) is not None for k in v
+            )
+
+        return names_ok
+    return None
+
+
+@cache
+def _fast_check() -> _FastModelCheck:
+    """The fast path compiled from the shipped schema (once per process)."""
+    return _FastModelCheck(schema())

@@ -1,0 +1,169 @@
+"""load_manifest(path) -> Manifest: file -> YAML -> schema -> checks -> secrets -> records.
+
+The fixed pipeline of DESIGN §1. Every step reports all of its problems at once as
+``Diagnostic`` values (``file:line:col``, the model, what is wrong and the fix), and
+the pipeline stops after the first step that found any: later steps would only
+repeat them in worse words. Raw dicts stay inside this package; callers get frozen
+:class:`ModelSpec` records.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from modelsync.defaults import DEFAULT_API_KEY_ENV
+from modelsync.errors import Diagnostic
+from modelsync.manifest.checks import _check_semantics, _interpolate
+from modelsync.manifest.fastcheck import _fast_check
+from modelsync.manifest.messages import _report_schema_error, _Reporter
+from modelsync.manifest.schemafile import _validator
+from modelsync.records import ModelSpec
+from modelsync.yamlio import LoadedYaml, describe_yaml_type, load_yaml_file
+
+_BUILTIN_DEFAULTS = {"revision": "fp16", "model_visibility": "private", "hf_upload": "no"}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A valid manifest: its target and its models, in file order."""
+
+    path: str
+    endpoint: str | None
+    api_key_env: str
+    models: tuple[ModelSpec, ...]
+    warnings: tuple[Diagnostic, ...] = ()
+
+    def model(self, model_id: str) -> ModelSpec | None:
+        """The model with this id, if the manifest has it."""
+        for spec in self.models:
+            if spec.model_id == model_id:
+                return spec
+        return None
+
+
+def _schema_errors(data: Any) -> Iterator[Any]:
+    """Step 3: jsonschema's errors for ``data``; none, without jsonschema, on the fast path."""
+    if isinstance(data, dict) and isinstance(data.get("models"), list):
+        fast = _fast_check()
+        if fast.head(data) and all(fast(m) for m in data["models"]):
+            return iter(())
+    errors: Iterator[Any] = _validator().iter_errors(data)
+    return errors
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (nestable; as a decorator, for each call).
+
+    Loading a 10,000-model manifest builds ~500,000 objects (YAML nodes and marks, dicts)
+    that all stay alive until the load ends, and no garbage cycles: each pass of the
+    collector walks all of them again, which doubled the load time (DESIGN §7).
+    Reference counting frees everything as usual meanwhile.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:  # only the outermost pause turns it back on
+            gc.enable()
+
+
+@_gc_paused()
+def load_manifest(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Manifest:
+    """Run the whole pipeline on ``path``; raise ManifestError with every problem found."""
+    env = os.environ if env is None else env
+    loaded = load_yaml_file(Path(path))
+    report = _Reporter(loaded)
+    for problem in loaded.problems:
+        report.add_at(problem.line, problem.column, problem.path, problem.message)
+
+    data = loaded.data
+    if not isinstance(data, dict):
+        report.add(
+            (),
+            f"the manifest must be a mapping with 'version: 1' and 'models:', "
+            f"not {describe_yaml_type(data)}",
+            of_key=False,
+        )
+        report.fail_if_any()
+
+    # Schema errors and the checks beyond the schema are reported together, so a user
+    # fixes everything in one round: the checks run on every model the schema accepted.
+    broken: set[int] = set()
+    whole_document = False
+    warnings: list[Diagnostic] = []
+    for error in _schema_errors(data):
+        _report_schema_error(report, data, error)
+        where = tuple(error.absolute_path)
+        if len(where) >= 2 and where[0] == "models" and isinstance(where[1], int):
+            broken.add(where[1])
+        elif where in ((), ("models",)):
+            whole_document = True
+    if not whole_document:
+        warnings = _check_semantics(report, data, broken)
+    report.fail_if_any()
+
+    resolved = _interpolate(report, data, env)
+    report.fail_if_any()
+
+    return _build(loaded.path, data, resolved, loaded, tuple(warnings))
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _yes_no(value: Any) -> str:
+    if value is True or value == "yes":
+        return "yes"
+    return "no"
+
+
+def _build(
+    path: str,
+    data: dict[str, Any],
+    resolved: list[dict[str, str]],
+    loaded: LoadedYaml,
+    warnings: tuple[Diagnostic, ...],
+) -> Manifest:
+    target = data.get("target") or {}
+    defaults = data.get("defaults") or {}
+    default_labels = defaults.get("labels") or {}
+    specs: list[ModelSpec] = []
+    for index, model in enumerate(data["models"]):
+        merged = {**_BUILTIN_DEFAULTS, **defaults, **model}
+        force_load = merged.get("force_load")
+        labels = {**default_labels, **(model.get("labels") or {})}
+        specs.append(
+            ModelSpec(
+                model_id=model["model_id"],
+                url=model["url"],
+                model_format=model["model_format"],
+                model_category=model["model_category"],
+                model_name=model.get("model_name", model["model_id"]),
+                revision=merged["revision"],
+                model_visibility=merged["model_visibility"],
+                hf_upload=_yes_no(merged["hf_upload"]),
+                force_load=None if force_load is None else _yes_no(force_load),
+                model_subcategory=merged.get("model_subcategory"),
+                model_image=model.get("model_image"),
+                labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
+                index=index,
+                line=loaded.position(("models", index), of_key=False).line,
+                resolved=MappingProxyType(resolved[index]),
+            )
+        )
+    return Manifest(
+        path=path,
+        endpoint=target.get("endpoint"),
+        api_key_env=target.get("api_key_env", DEFAULT_API_KEY_ENV),
+        models=tuple(specs),
+        warnings=warnings,
+    )

@@ -1,0 +1,338 @@
+"""Runs a Plan through the ModelsLab client and records every result as it comes.
+
+Concurrency is bounded twice: worker threads, and the adaptive gate of
+:mod:`modelsync.controls` that halves the requests in flight on a 429 (the service
+limits *queued requests per account*) and raises it again slowly after successes.
+The run stops early on an auth or credit failure (exit 5), when the API looks down
+(exit 1), on the deadline (exit 1), or on SIGINT/SIGTERM (130/143); every independent
+entry is otherwise attempted and every failure reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from modelsync import defaults
+from modelsync.api.modelslab import ModelsLab
+from modelsync.api.transport import CallResult
+from modelsync.controls import Backoffs, Controls
+from modelsync.errors import ExitCode
+from modelsync.plan import Change, Plan, force_load_for
+from modelsync.records import new_record, utc_now
+from modelsync.store import StateWriter
+
+log = logging.getLogger("modelsync.runner")
+
+Outcome = Literal["submitted", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """The knobs of a run (the CLI's flags)."""
+
+    parallelism: int = defaults.PARALLELISM
+    deadline_s: float | None = None
+    forget_orphans: bool = False
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """What happened to one planned submission."""
+
+    model_id: str
+    action: str
+    outcome: Outcome
+    attempts: int
+    http_status: int | None
+    message: str
+    duration_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The result in the report shape of DESIGN §4."""
+        return {
+            "model_id": self.model_id,
+            "action": self.action,
+            "outcome": self.outcome,
+            "attempts": self.attempts,
+            "http_status": self.http_status,
+            "message": self.message,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """The run: every result, the unchanged count, why it stopped, its exit code."""
+
+    results: tuple[ModelResult, ...]
+    unchanged: int
+    exit_code: ExitCode
+    stop_reason: str | None = None
+    forgotten: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """Counts per outcome, plus unchanged."""
+        counts = {"submitted": 0, "failed": 0, "skipped": 0}
+        for result in self.results:
+            counts[result.outcome] += 1
+        counts["unchanged"] = self.unchanged
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        """The report of DESIGN §4 (``--output json``, ``--report FILE``)."""
+        document: dict[str, Any] = {
+            "format_version": 1,
+            "summary": self.summary,
+            "results": [r.to_json() for r in self.results],
+        }
+        if self.stop_reason:
+            document["stop_reason"] = self.stop_reason
+        if self.forgotten:
+            document["forgotten"] = list(self.forgotten)
+        return document
+
+
+def run_apply(
+    plan: Plan,
+    writer: StateWriter,
+    client: ModelsLab,
+    *,
+    options: ApplyOptions,
+    controls: Controls,
+    on_result: Callable[[ModelResult], None] = lambda _r: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Report:
+    """Submit every create/update/retry of ``plan``, recording each result as it comes."""
+    stop = controls.stop
+    deadline = None if options.deadline_s is None else clock() + options.deadline_s
+    todo = plan.to_submit
+    results: dict[str, ModelResult] = {}
+
+    def done(result: ModelResult) -> None:
+        results[result.model_id] = result
+        on_result(result)
+
+    if todo:
+        submitter = _Submitter(writer, client, controls, deadline, clock)
+        _Pool(todo, options.parallelism, controls, deadline, clock).run(submitter.submit, done)
+
+    forgotten: tuple[str, ...] = ()
+    if options.forget_orphans and not stop.is_set():
+        forgotten = tuple(c.model_id for c in plan.changes if c.action == "orphan")
+        if forgotten:
+            writer.forget(forgotten)
+
+    ordered = tuple(results[c.model_id] for c in todo if c.model_id in results)
+    exit_code = stop.exit_code
+    if exit_code == ExitCode.OK and any(r.outcome != "submitted" for r in ordered):
+        exit_code = ExitCode.FAILED
+    return Report(
+        results=ordered,
+        unchanged=plan.summary["unchanged"],
+        exit_code=exit_code,
+        stop_reason=stop.reason,
+        forgotten=forgotten,
+    )
+
+
+class _Pool:
+    """Starts submissions while there is room, collects them as they end."""
+
+    def __init__(
+        self,
+        todo: tuple[Change, ...],
+        parallelism: int,
+        controls: Controls,
+        deadline: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.queue = list(reversed(todo))
+        self.workers = max(1, min(parallelism, len(todo)))
+        # Room for submissions asleep in a backoff, which hold no request slot.
+        self.threads = min(len(todo), self.workers * Backoffs.ROOM)
+        self.stop = controls.stop
+        self.backoffs = controls.backoffs
+        self.deadline = deadline
+        self.clock = clock
+        self.pending: dict[Future[ModelResult], Change] = {}
+
+    def room(self) -> bool:
+        # At most `workers` submissions started and not asleep in a backoff, and no more
+        # than the pool's threads: a stop then leaves the rest unstarted instead of
+        # queued inside the pool.
+        return (
+            bool(self.queue)
+            and len(self.pending) < self.threads
+            and len(self.pending) - self.backoffs.asleep < self.workers
+            and not self.stop.is_set()
+        )
+
+    def run(
+        self,
+        work: Callable[[Change], ModelResult],
+        done: Callable[[ModelResult], None],
+    ) -> None:
+        changed = self.backoffs.changed
+
+        def ended(_future: Future[ModelResult]) -> None:
+            with changed:
+                changed.notify_all()
+
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="modelsync") as pool:
+            while self.queue or self.pending:
+                self._start(pool, work, ended)
+                if not self.pending:
+                    break
+                with changed:
+                    if not self.room() and not any(f.done() for f in self.pending):
+                        changed.wait(timeout=0.5)
+                for future in [f for f in self.pending if f.done()]:
+                    self.pending.pop(future)
+                    done(future.result())
+            for change in reversed(self.queue):
+                done(skipped(change, self.stop.reason or "the run stopped"))
+
+    def _start(
+        self,
+        pool: ThreadPoolExecutor,
+        work: Callable[[Change], ModelResult],
+        ended: Callable[[Future[ModelResult]], None],
+    ) -> None:
+        while self.room():
+            if self.deadline is not None and self.clock() >= self.deadline:
+                self.stop.set("the --deadline passed", ExitCode.FAILED)
+                return
+            change = self.queue.pop()
+            future = pool.submit(work, change)
+            self.pending[future] = change
+            future.add_done_callback(ended)
+
+
+def skipped(change: Change, reason: str) -> ModelResult:
+    """A planned submission that was never started."""
+    return ModelResult(
+        change.model_id, change.action, "skipped", 0, None, f"not started: {reason}", 0.0
+    )
+
+
+class _Submitter:
+    """Submits one change and records what happened to it in the state."""
+
+    def __init__(
+        self,
+        writer: StateWriter,
+        client: ModelsLab,
+        controls: Controls,
+        deadline: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.writer = writer
+        self.client = client
+        self.controls = controls
+        self.deadline = deadline
+        self.clock = clock
+
+    def submit(self, change: Change) -> ModelResult:
+        spec = change.spec
+        stop = self.controls.stop
+        assert spec is not None and change.force_load is not None
+        if stop.is_set():
+            return skipped(change, stop.reason or "the run stopped")
+        request = spec.request(change.force_load)
+        previous = change.previous
+        # Written before the first POST: if this process dies mid-request, the next run
+        # knows the request may have reached the server (and retries with force_load yes).
+        first_submitted = previous.submitted_at if previous else None
+        self.writer.record(
+            spec.model_id,
+            new_record(
+                spec,
+                request,
+                "pending",
+                submitted_at=first_submitted,
+                last_attempt_at=utc_now(),
+            ),
+        )
+        self.controls.watch.bind(spec.model_id)
+        # An attempt whose answer was lost may have created the model: from then on the
+        # entry is a retry, sent as the next run would send it (force_load yes unless written).
+        resend_force_load = force_load_for(spec, "retry")
+        resend = resend_force_load if resend_force_load != change.force_load else None
+        result = self.client.load_model(
+            spec.body(change.force_load),
+            model_id=spec.model_id,
+            should_stop=stop.is_set,
+            deadline=self.deadline,
+            resend_body=spec.body(resend) if resend is not None else None,
+            on_retry=self.controls.backoffs.before_sleep,
+        )
+        if result.resent and resend is not None:
+            request = spec.request(resend)  # the state keeps the body as last sent
+        return self._settle(change, request, result)
+
+    def _settle(self, change: Change, request: dict[str, str], result: CallResult) -> ModelResult:
+        """Record the call's end in the state; the model's result."""
+        spec = change.spec
+        assert spec is not None
+        stop = self.controls.stop
+        previous = change.previous
+        now = utc_now()
+        if result.outcome == "submitted":
+            record = new_record(
+                spec,
+                request,
+                "submitted",
+                attempts=result.attempts,
+                submitted_at=now,
+                last_attempt_at=now,
+                response=result.response,
+            )
+            self.writer.record(spec.model_id, record)
+            return _result(change, "submitted", result)
+        if result.attempts == 0:
+            # Nothing was sent: put back what the state said before this run.
+            if previous is not None:
+                self.writer.record(spec.model_id, previous)
+            else:
+                self.writer.forget([spec.model_id])
+            reason = stop.reason or result.message
+            if result.outcome == "deadline":
+                reason = "the --deadline passed"
+                stop.set(reason, ExitCode.FAILED)
+            return skipped(change, reason)
+        if result.outcome == "auth":
+            stop.set(f"authentication failed: {result.message}", ExitCode.AUTH)
+        elif result.outcome == "account":
+            stop.set(f"the account cannot load models: {result.message}", ExitCode.AUTH)
+        elif result.outcome == "deadline":
+            stop.set("the --deadline passed", ExitCode.FAILED)
+        record = new_record(
+            spec,
+            request,
+            "failed",
+            attempts=result.attempts,
+            submitted_at=previous.submitted_at if previous else None,
+            last_attempt_at=now,
+            response=result.response,
+            last_error=result.message,
+        )
+        self.writer.record(spec.model_id, record)
+        return _result(change, "failed", result)
+
+
+def _result(change: Change, outcome: Outcome, result: CallResult) -> ModelResult:
+    return ModelResult(
+        change.model_id,
+        change.action,
+        outcome,
+        result.attempts,
+        result.http_status,
+        result.message,
+        result.duration_s,
+    )

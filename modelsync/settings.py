@@ -1,0 +1,128 @@
+"""Settings: what a command runs against, from its flags and the environment (no click here).
+
+The CLI turns options into a :class:`Settings` and calls one command with it. Settings
+resolve, in the documented order, the endpoint (``--endpoint``, ``MODELSYNC_ENDPOINT``,
+``target.endpoint``, the default), the state (``--state``, ``MODELSYNC_STATE``, beside the
+manifest) and the API key (``--api-key-file``, else the manifest's variable), and build
+the state backend and the API client.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelsync import defaults, redact
+from modelsync.errors import AuthError
+from modelsync.manifest import Manifest, load_manifest
+from modelsync.plan import Selection
+from modelsync.store import StateBackend, open_state
+
+if TYPE_CHECKING:
+    from modelsync.api.modelslab import ModelsLab
+    from modelsync.controls import Controls
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How the API client talks: attempts, waits and timeouts."""
+
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    max_retry_after: float = defaults.MAX_RETRY_AFTER_S
+    connect_timeout: float = defaults.CONNECT_TIMEOUT_S
+    read_timeout: float = defaults.READ_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One command's view of the world. Read-only; the manifest is loaded once, on demand."""
+
+    manifest_path: str
+    endpoint: str | None = None  # --endpoint
+    state: str | None = None  # --state (a path or a URL)
+    api_key_file: str | None = None
+    selection: Selection = field(default_factory=Selection)
+    lock_timeout: float = defaults.LOCK_TIMEOUT_S
+    client: ClientOptions = ClientOptions()
+    command: str = "modelsync"  # the command line, to name a lock's holder
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+
+    @functools.cached_property
+    def manifest(self) -> Manifest:
+        """The manifest, validated whole (ManifestError with every problem otherwise)."""
+        return load_manifest(self.manifest_path, self.env)
+
+    @property
+    def target_endpoint(self) -> str:
+        """The endpoint: --endpoint, MODELSYNC_ENDPOINT, target.endpoint, the default."""
+        return (
+            self.endpoint
+            or self.env.get(defaults.ENDPOINT_ENV)
+            or self.manifest.endpoint
+            or defaults.DEFAULT_ENDPOINT
+        )
+
+    @property
+    def state_location(self) -> str | None:
+        """--state, else MODELSYNC_STATE; None means the default beside the manifest."""
+        return self.state or self.env.get(defaults.STATE_ENV) or None
+
+    def open_state(self, endpoint: str | None = None) -> StateBackend:
+        """The state backend for this run (``endpoint``: what the state records)."""
+        return open_state(
+            self.state_location,
+            manifest_path=self.manifest_path,
+            endpoint=endpoint or self.target_endpoint,
+        )
+
+    def api_key(self) -> str:
+        """The key from --api-key-file or the manifest's variable; never argv or the manifest."""
+        if self.api_key_file:
+            path = self.api_key_file
+            try:
+                key = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise AuthError(f"cannot read the API key file {path}: {why}") from None
+            if not key:
+                raise AuthError(f"the API key file {path} is empty")
+        else:
+            name = self.manifest.api_key_env
+            key = self.env.get(name, "").strip()
+            if not key:
+                raise AuthError(
+                    f"no API key: the environment variable {name} is not set or empty "
+                    f"(set it, e.g. from your CI secret store, or pass --api-key-file PATH); "
+                    "nothing was sent"
+                )
+        redact.register_secret(key)
+        return key
+
+    def key_source(self) -> str:
+        """Where the key comes from, in words (for the auth-failure message)."""
+        if self.api_key_file:
+            return f"the file {self.api_key_file} (--api-key-file)"
+        return f"the environment variable {self.manifest.api_key_env}"
+
+    def create_client(self, url: str, api_key: str, controls: Controls) -> ModelsLab:
+        """The ModelsLab client for ``url``, paced by ``controls``."""
+        from modelsync.api.modelslab import ModelsLab
+        from modelsync.api.transport import RetryPolicy, Transport
+
+        options = self.client
+        transport = Transport(
+            secret=api_key,
+            pin_to=url,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            policy=RetryPolicy(
+                max_attempts=options.max_attempts, max_retry_after=options.max_retry_after
+            ),
+            sleep=controls.backoffs.sleep,
+            gate=controls.watched,
+        )
+        return ModelsLab(url, api_key, transport)
