@@ -261,6 +261,7 @@ def test_exit_after_an_exception_still_commits_and_unlocks(path: Path) -> None:
 # --------------------------------------------------------------------------- journal
 
 
+@pytest.mark.slow
 def test_record_appends_o1_bytes_whatever_the_state_size(tmp_path: Path) -> None:
     growth = []
     for size in (1, 2000):

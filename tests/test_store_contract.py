@@ -253,6 +253,7 @@ def test_second_writer_is_locked_out_naming_the_holder(connect: Connect) -> None
         pass
 
 
+@pytest.mark.slow
 def test_lock_timeout_waits_for_the_holder(connect: Connect) -> None:
     held = threading.Event()
     release = threading.Event()

@@ -1,5 +1,9 @@
 """The wheel: built from the sources, installed in a fresh venv, run from there.
 
+The wheel must hold every module and data file of the package: a wheel without one
+subpackage (``sandbox``, say) still runs ``schema`` and breaks ``apply --sandbox``, so the
+file list is compared with the sources and ``apply --sandbox`` runs from the venv too.
+
 Offline by construction: the wheel is built without build isolation (the running
 environment's setuptools, from the ``test`` extra) and installed with ``--no-index``;
 the runtime dependencies come from the running environment through a ``.pth`` file,
@@ -14,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -58,6 +63,15 @@ def build_wheel(tmp_path: Path) -> Path:
     return wheels[0]
 
 
+def package_files(root: Path) -> set[str]:
+    """The files of the ``modelsync`` package under ``root``, as wheel entry names."""
+    return {
+        path.relative_to(root).as_posix()
+        for path in (root / "modelsync").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+
+
 def fresh_venv(tmp_path: Path) -> Path:
     venv = tmp_path / "venv"
     result = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
@@ -77,6 +91,23 @@ def fresh_venv(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        shipped_files = set(archive.namelist())
+    sources = package_files(tmp_path / "src")
+    subpackages = sorted(
+        name for name in sources if name.endswith("/__init__.py") and name.count("/") == 2
+    )
+    assert {n.split("/")[1] for n in subpackages} >= {
+        "api",
+        "commands",
+        "manifest",
+        "sandbox",
+        "store",
+        "yamlio",
+    }, subpackages
+    assert sorted(set(subpackages) - shipped_files) == []
+    assert sorted(sources - shipped_files) == [], "the wheel lacks files of the package"
+
     venv = fresh_venv(tmp_path)
     python = venv / "bin" / "python"
     install = run(
@@ -109,3 +140,13 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     validate = run([str(script), "validate", str(example)], tmp_path)
     assert (validate.returncode, validate.stderr) == (0, ""), validate.stdout + validate.stderr
     assert validate.stdout.startswith(f"{example}: valid (")
+
+    # The sandbox state goes beside the copy: never into the work tree.
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    shutil.copy2(example, workdir / "example.yaml")
+    sandbox = run([str(script), "apply", "--sandbox", "example.yaml", "--deadline", "60"], workdir)
+    assert sandbox.returncode == 0, sandbox.stdout + sandbox.stderr
+    assert "Apply: 5 submitted, 0 failed," in sandbox.stdout, sandbox.stdout + sandbox.stderr
+    assert (workdir / ".modelsync" / "example.sandbox.state.json").is_file()
+    assert not (workdir / ".modelsync" / "example.state.json").exists()
