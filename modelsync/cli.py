@@ -80,7 +80,10 @@ _HELP = {
     "max_attempts": "Attempts per model in this run (failed models are retried next run).",
     "max_retry_after": "Longest Retry-After wait honoured; a longer one fails the model for "
     "this run.",
-    "deadline": "Stop starting submissions after this long; unstarted models are skipped (exit 1).",
+    "deadline": "End the run after this long: unstarted models are skipped, requests in "
+    "flight abandoned and recorded pending (exit 1).",
+    "grace": "On SIGINT/SIGTERM, give requests in flight this long before abandoning them "
+    "(a second SIGINT: at once).",
     "api_key_file": "Read the API key from this file instead of the environment variable.",
     "sandbox": "Run against a local in-process sandbox API, with its own state file; no key "
     "needed.",
@@ -98,6 +101,7 @@ _HELP = {
     "codes).",
     "report": "Also write the JSON report to FILE.",
     "latency": "Added to every load_model answer.",
+    "retry_after": "retry_after in 429 answers.",
     "selector": "Only models whose labels match key=value or key!=value (repeatable).",
     "color": "Colour in text output; NO_COLOR in the environment means never.",
     "log_format": "Logs on stderr as text lines or as one JSON object per line.",
@@ -163,32 +167,10 @@ def main(args: Sequence[str] | None = None) -> int:
 
 
 def _settings(manifest: str, options: dict[str, Any]) -> Any:
-    """Settings from the options a command shares with others (taken out of ``options``)."""
-    from modelsync.plan import Selection, parse_selectors
-    from modelsync.settings import ClientOptions, Settings
+    from modelsync.settings import Settings
 
-    picked = {k: options.pop(k) for k in ("max_attempts", "max_retry_after") if k in options}
-    selection = Selection(
-        tuple(options.pop("only", ())),
-        tuple(options.pop("exclude", ())),
-        parse_selectors(options.pop("selector", ())),
-    )
-    fields = ("state", "endpoint", "api_key_file", "lock_timeout")
-    chosen = {k: options.pop(k) for k in fields if k in options}
     command = "modelsync " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return Settings(
-        manifest, selection=selection, client=ClientOptions(**picked), command=command, **chosen
-    )
-
-
-def _loaded(settings: Any) -> None:
-    """Validate the manifest now; print its warnings and the --only/--exclude typos."""
-    manifest = settings.manifest
-    for warning in manifest.warnings:
-        output.stderr(str(warning))
-    ids = [m.model_id for m in manifest.models]
-    for pattern in settings.selection.unmatched_patterns(ids):
-        output.stderr(f"warning: --only/--exclude pattern {pattern!r} matches no model id")
+    return Settings.from_options(manifest, options, command=command)
 
 
 def _print_plan(plan: Any, manifest: str, state: str, output_format: str) -> None:
@@ -246,7 +228,7 @@ def plan(manifest: str, output_format: str, detailed_exitcode: bool, **options: 
     from modelsync.commands.plan import plan as run
 
     settings = _settings(manifest, options)
-    _loaded(settings)
+    output.print_warnings(settings.manifest, settings.selection)  # validates it first
     planned = run(settings)
     _print_plan(planned.plan, manifest, planned.state_location, output_format)
     changes = detailed_exitcode and planned.plan.has_changes
@@ -264,6 +246,7 @@ def plan(manifest: str, output_format: str, detailed_exitcode: bool, **options: 
 @_lock_timeout("Wait this long for another run's state lock (0: fail at once, exit 4).")
 @_opt("--api-key-file", click.Path(dir_okay=False), None, _HELP["api_key_file"], metavar="PATH")
 @_opt("--report", click.Path(dir_okay=False, writable=True), None, _HELP["report"], metavar="FILE")
+@_seconds("--grace", defaults.GRACE_S, _HELP["grace"])
 @_flag("--dry-run", "Show the plan with these flags; send nothing.")
 @_flag("--sandbox", _HELP["sandbox"])
 @_flag("--forget-orphans", _HELP["forget_orphans"])
@@ -287,11 +270,13 @@ def apply(
     sandbox = options.pop("sandbox")
     if sandbox and (options["endpoint"] or options["api_key_file"]):
         raise UsageError("--sandbox runs against a local sandbox: drop --endpoint/--api-key-file")
+    if report:
+        output.check_writable(report, "--report")
     settings = _settings(manifest, options)
-    _loaded(settings)
+    output.print_warnings(settings.manifest, settings.selection)  # validates it first
     stop = StopFlag()
     progress = output.Progress(enabled=output_format == "text" and not dry_run)
-    with stop_on_signals(stop, output.stderr), progress:
+    with stop_on_signals(stop, output.stderr, options["grace"]), progress:
 
         def on_plan(the_plan: Any, state: str) -> None:
             if output_format == "text" or dry_run:
@@ -300,14 +285,20 @@ def apply(
 
         applied = run(
             settings,
-            ApplyOptions(deadline_s=options.pop("deadline"), **options),
+            ApplyOptions(
+                deadline_s=options.pop("deadline"), grace_s=options.pop("grace"), **options
+            ),
             sandbox=sandbox,
             dry_run=dry_run,
             stop=stop,
             on_plan=on_plan,
             on_result=progress.result,
         )
-    output.print_applied(applied, output_format, report, color=_globals().color)
+    where = [manifest] + [
+        f"--{k}={v}" for k in ("state", "endpoint") if (v := getattr(settings, k))
+    ]
+    g = _globals()
+    output.print_applied(applied, output_format, report, color=g.color, manifest=shlex.join(where))
     return int(applied.exit_code)
 
 
@@ -413,13 +404,19 @@ _state_edit(
 
 
 @cli.command()
-@_opt("--host", str, "127.0.0.1", "Address to bind.")
+@_opt("--host", str, defaults.SANDBOX_HOST, "Address to bind.")
 @_opt("--port", click.IntRange(0, 65535), defaults.SANDBOX_PORT, "Port (0: a free one).")
 @_opt("--api-key", str, defaults.SANDBOX_KEY, _HELP["api_key"])
 @_opt("--latency", click.FloatRange(0), 0.0, _HELP["latency"], ["latency_ms"], metavar="MS")
 @_opt("--load-seconds", click.FloatRange(0), defaults.SANDBOX_LOAD_SECONDS, _HELP["load_seconds"])
 @_opt("--max-queued", click.IntRange(1), defaults.SANDBOX_MAX_QUEUED, _HELP["max_queued"])
-@_opt("--retry-after", click.IntRange(0), 1, "retry_after in 429 answers.", metavar="SECONDS")
+@_opt(
+    "--retry-after",
+    click.IntRange(0),
+    defaults.SANDBOX_RETRY_AFTER_S,
+    _HELP["retry_after"],
+    metavar="SECONDS",
+)
 @_rate("--fail-rate", "Probability of a 5xx answer.")
 @_rate("--reset-rate", "Probability of dropping the connection after reading the request.")
 @_rate("--garbage-rate", "Probability of a 200 with an unreadable body.")

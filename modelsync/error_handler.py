@@ -25,6 +25,8 @@ def _click(group: click.Group, args: Sequence[str] | None) -> int:
         return int(exc.exit_code)
     except SystemExit as exc:
         # Shell completion (_MODELSYNC_COMPLETE) ends with sys.exit(); main() returns codes.
+        if exc.code is None:
+            return int(ExitCode.OK)
         return exc.code if isinstance(exc.code, int) else int(ExitCode.FAILED)
     except click.exceptions.Abort:
         output.stderr("Aborted.")

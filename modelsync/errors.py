@@ -1,7 +1,7 @@
 """The one exception root and the exit codes of DESIGN §5.
 
-Core code raises a ``ModelsyncError`` subclass; ``modelsync.cli`` is the one place
-that turns it into a message on stderr and an exit code.
+Core code raises a ``ModelsyncError`` subclass; ``modelsync.error_handler`` is the one
+place that turns it into a message on stderr and an exit code.
 """
 
 from __future__ import annotations
@@ -71,6 +71,12 @@ class AuthError(ModelsyncError):
     """The API key is missing or refused, or the account cannot pay: the run stops."""
 
     exit_code = ExitCode.AUTH
+
+
+class OutputError(ModelsyncError):
+    """A report or another output file could not be written after the run."""
+
+    exit_code = ExitCode.FAILED
 
 
 class UsageError(ModelsyncError):

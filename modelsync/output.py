@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable
@@ -15,13 +16,15 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import click
 
+from modelsync.defaults import LOG_VERBOSE
 from modelsync.errors import Diagnostic
 from modelsync.redact import RedactingFilter, redact
 
 if TYPE_CHECKING:
     from modelsync.commands.apply import Applied
     from modelsync.commands.validate import Checked
-    from modelsync.plan import Plan
+    from modelsync.manifest import Manifest
+    from modelsync.plan import Plan, Selection
     from modelsync.records import State
     from modelsync.runner import ModelResult as ApplyResult
     from modelsync.runner import Report
@@ -141,6 +144,8 @@ def setup_logging(verbosity: int, log_format: str, *, color: bool) -> logging.Lo
     logger.propagate = False
     if verbosity >= 2:
         level = logging.DEBUG
+    elif verbosity == 1:
+        level = LOG_VERBOSE  # the details of what went wrong, not every attempt
     elif verbosity >= 0:
         level = logging.INFO
     else:
@@ -151,7 +156,13 @@ def setup_logging(verbosity: int, log_format: str, *, color: bool) -> logging.Lo
 
 # --------------------------------------------------------------------------- plans
 
-_COLORS = {"create": "green", "update": "yellow", "retry": "cyan", "orphan": "red"}
+_COLORS = {
+    "create": "green",
+    "update": "yellow",
+    "retry": "cyan",
+    "conflict": "magenta",
+    "orphan": "red",
+}
 
 
 def _value(value: Any) -> str:
@@ -177,6 +188,8 @@ def render_plan(
             head += f": {reason}"
         if change.action == "orphan":
             head += ": in the state, not in the manifest; nothing is deleted remotely"
+        if change.action == "conflict":
+            head += ": on the account, not put there by modelsync; apply skips it"
         if color and change.action in _COLORS:
             head = click.style(head, fg=_COLORS[change.action])
         lines.append(head)
@@ -191,9 +204,10 @@ def render_plan(
 def summary_line(plan: Plan) -> str:
     """``Plan: 2 to create, 1 to update, 0 to retry, 14 unchanged, 1 orphaned.``"""
     s = plan.summary
+    conflicts = f", {s['conflict']} in conflict" if s["conflict"] else ""
     return (
-        f"Plan: {s['create']} to create, {s['update']} to update, {s['retry']} to retry, "
-        f"{s['unchanged']} unchanged, {s['orphan']} orphaned."
+        f"Plan: {s['create']} to create, {s['update']} to update, {s['retry']} to retry"
+        f"{conflicts}, {s['unchanged']} unchanged, {s['orphan']} orphaned."
     )
 
 
@@ -282,12 +296,13 @@ class Progress:
         )
 
 
-def render_summary(report: Report, *, color: bool = False) -> str:
+def render_summary(report: Report, *, color: bool = False, manifest: str = "MANIFEST") -> str:
     """The end of an apply, for people: counts, then every failure with its reason."""
     s = report.summary
+    conflicts = f", {s['conflict']} in conflict" if s["conflict"] else ""
     line = (
-        f"Apply: {s['submitted']} submitted, {s['failed']} failed, {s['skipped']} skipped, "
-        f"{s['unchanged']} unchanged."
+        f"Apply: {s['submitted']} submitted, {s['failed']} failed{conflicts}, "
+        f"{s['skipped']} skipped, {s['unchanged']} unchanged."
     )
     if color:
         line = click.style(line, fg="green" if report.exit_code == 0 else "red", bold=True)
@@ -305,14 +320,50 @@ def render_summary(report: Report, *, color: bool = False) -> str:
         )
     if any(r.outcome == "failed" for r in report.results):
         lines.append("Failed models are retried by the next apply.")
+    lines.extend(ways_on(report, manifest))
     return redact("\n".join(lines))
+
+
+def ways_on(report: Report, manifest: str) -> list[str]:
+    """What to do about models on the account that modelsync did not put there.
+
+    ``manifest`` is the command line's tail for ``state adopt``: the manifest, and the
+    --state/--endpoint the run was given, so that the printed command works as printed.
+    """
+    model_ids = [r.model_id for r in report.results if r.outcome == "conflict"]
+    if not model_ids:
+        return []
+    ids = " ".join(shlex.quote(m) for m in model_ids)
+    return [
+        f"In conflict: {', '.join(model_ids)}: a model of this id is on the account and "
+        "modelsync did not put it there; apply never replaces it on its own. Ways on:",
+        f"  - it is the right model: modelsync state adopt {ids} {manifest}",
+        "  - replace it: set force_load: yes on the entry, then apply",
+        "  - keep both: give the entry another model_id",
+    ]
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before anything is sent when an output file could not be written (exit 64)."""
+    from modelsync.errors import UsageError
+
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise UsageError(f"{option} {path}: is a folder; give a file path")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (
+        os.path.exists(target) and not os.access(target, os.W_OK)
+    ):
+        raise UsageError(f"{option} {path}: not writable; fix its permissions or pick another")
 
 
 def write_report(path: str, document: Any) -> None:
     """Write the JSON report atomically (a reader never sees half a report)."""
     import tempfile
 
-    from modelsync.errors import ModelsyncError
+    from modelsync.errors import OutputError
 
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -321,7 +372,10 @@ def write_report(path: str, document: Any) -> None:
             handle.write(dump_json(document) + "\n")
         os.replace(temp, path)
     except OSError as exc:
-        raise ModelsyncError(f"cannot write the report {path}: {exc.strerror}") from None
+        raise OutputError(
+            f"cannot write the report {path}: {exc.strerror}; the run itself is recorded in "
+            "the state"
+        ) from None
 
 
 def render_state_list(state: State) -> str:
@@ -357,6 +411,15 @@ def print_plan(
     click.echo(text, color=color)
 
 
+def print_warnings(manifest: Manifest, selection: Selection) -> None:
+    """The manifest's warnings, and --only/--exclude patterns that match no model (typos)."""
+    for warning in manifest.warnings:
+        stderr(str(warning))
+    ids = [m.model_id for m in manifest.models]
+    for pattern in selection.unmatched_patterns(ids):
+        stderr(f"warning: --only/--exclude pattern {pattern!r} matches no model id")
+
+
 def print_checked(checked: Checked, *, quiet: bool) -> bool:
     """One manifest's validation: problems and warnings on stderr; True when valid."""
     if checked.error is not None:
@@ -373,7 +436,7 @@ def print_checked(checked: Checked, *, quiet: bool) -> bool:
 
 
 def print_applied(
-    applied: Applied, output_format: str, report_path: str | None, *, color: bool
+    applied: Applied, output_format: str, report_path: str | None, *, color: bool, manifest: str
 ) -> None:
     """The end of an apply: the report (file, JSON or text summary) and the auth fix."""
     if applied.report is None:
@@ -383,7 +446,12 @@ def print_applied(
         write_report(report_path, document)
     if output_format == "json":
         click.echo(dump_json(document))
+        for line in ways_on(applied.report, manifest):
+            stderr(line)
     else:
-        click.echo(render_summary(applied.report, color=color), color=color)
+        summary = render_summary(applied.report, color=color, manifest=manifest)
+        click.echo(summary, color=color)
     if applied.auth_hint:
         stderr(f"Error: {applied.auth_hint}")
+    if applied.report.state_error:
+        stderr(f"Error: {applied.report.state_error}")

@@ -10,16 +10,19 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from modelsync.errors import UsageError
-from modelsync.manifest import Manifest
 from modelsync.records import ModelRecord, ModelSpec, State, fingerprint
 
-Action = Literal["create", "update", "retry", "unchanged", "orphan"]
-ACTIONS: tuple[Action, ...] = ("create", "update", "retry", "unchanged", "orphan")
+if TYPE_CHECKING:
+    # Only a type here: the planner itself never loads YAML.
+    from modelsync.manifest import Manifest
+
+Action = Literal["create", "update", "retry", "conflict", "unchanged", "orphan"]
+ACTIONS: tuple[Action, ...] = ("create", "update", "retry", "conflict", "unchanged", "orphan")
 SYMBOLS: Mapping[Action, str] = MappingProxyType(
-    {"create": "+", "update": "~", "retry": "↻", "unchanged": "=", "orphan": "-"}
+    {"create": "+", "update": "~", "retry": "↻", "conflict": "!", "unchanged": "=", "orphan": "-"}
 )
 
 
@@ -135,15 +138,39 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        """True when apply would send something (orphans alone are not changes to send)."""
-        return any(c.submits for c in self.changes)
+        """True when apply would send something, or a conflict waits for a decision.
+
+        Orphans alone are not changes: apply would send nothing for them.
+        """
+        return any(c.submits or c.action == "conflict" for c in self.changes)
 
 
-def force_load_for(spec: ModelSpec, action: Action) -> str:
-    """The force_load policy: as written if written; else no for a create, yes otherwise."""
+def force_load_for(spec: ModelSpec, action: Action, previous: ModelRecord | None = None) -> str:
+    """The force_load policy of DESIGN §4: what a submission of ``spec`` sends.
+
+    As written, when the manifest says. Otherwise ``no`` for a create and ``yes`` for an
+    update. A retry follows why the last attempt failed: after a request that may have
+    reached the server (``pending``, ``maybe_reached``) ``yes``, since this tool's own
+    request may have created the model; after one that never left or was refused
+    (``never_sent``, ``rejected``) what the original action sends. A record from before
+    causes were kept retries with ``yes``, as it always did.
+    """
     if spec.force_load is not None:
         return spec.force_load
+    if (
+        action == "retry"
+        and previous is not None
+        and previous.status == "failed"
+        and previous.cause in ("never_sent", "rejected")
+    ):
+        original: Action = "create" if previous.submitted_at is None else "update"
+        return force_load_for(spec, original)
     return "no" if action == "create" else "yes"
+
+
+def resend_force_load(spec: ModelSpec) -> str:
+    """What a resend sends after an attempt of this run that may have reached the server."""
+    return spec.force_load if spec.force_load is not None else "yes"
 
 
 def _field_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, FieldChange]:
@@ -167,6 +194,11 @@ def make_plan(manifest: Manifest, state: State, selection: Selection = Selection
         record = models.get(spec.model_id)
         if record is None:
             action: Action = "create"
+        elif record.cause == "conflict" and spec.force_load != "yes":
+            # Someone else's model of this id is on the account: never overwritten behind
+            # the user's back, in this run or a later one (DESIGN §4).
+            changes.append(Change(spec.model_id, "conflict", spec=spec, previous=record))
+            continue
         elif record.status != "submitted":
             action = "retry"
         elif record.fingerprint != spec.fingerprint:
@@ -174,7 +206,7 @@ def make_plan(manifest: Manifest, state: State, selection: Selection = Selection
         else:
             changes.append(Change(spec.model_id, "unchanged", spec=spec, previous=record))
             continue
-        force_load = force_load_for(spec, action)
+        force_load = force_load_for(spec, action, record)
         fields: Mapping[str, FieldChange] = MappingProxyType({})
         if record is not None and fingerprint(record.request) != spec.fingerprint:
             fields = MappingProxyType(_field_changes(record.request, spec.request(force_load)))

@@ -19,6 +19,9 @@ from modelsync.errors import StateError
 
 Status = Literal["submitted", "failed", "pending"]
 STATUSES: tuple[str, ...] = get_args(Status)
+# Why a submission failed (DESIGN §4): it decides what a later retry sends.
+Cause = Literal["never_sent", "maybe_reached", "rejected", "conflict"]
+CAUSES: tuple[str, ...] = get_args(Cause)
 RECORD_FIELDS = (
     "fingerprint",
     "request",
@@ -28,6 +31,7 @@ RECORD_FIELDS = (
     "last_attempt_at",
     "response",
     "last_error",
+    "cause",
 )
 
 
@@ -120,10 +124,11 @@ class ModelRecord:
     last_attempt_at: str | None = None
     response: Mapping[str, Any] | None = None
     last_error: str | None = None
+    cause: Cause | None = None  # set on failed records; absent in states before causes
 
     def to_json(self) -> dict[str, Any]:
         """Return the record as the plain JSON object stored in the state (a deep copy)."""
-        return {
+        data = {
             "fingerprint": self.fingerprint,
             "request": _plain(self.request),
             "status": self.status,
@@ -133,6 +138,9 @@ class ModelRecord:
             "response": None if self.response is None else _plain(self.response),
             "last_error": self.last_error,
         }
+        if self.cause is not None:
+            data["cause"] = self.cause
+        return data
 
     @classmethod
     def from_json(cls, data: Any, *, where: str) -> ModelRecord:
@@ -157,14 +165,7 @@ class ModelRecord:
         attempts = data.get("attempts", 0)
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
             raise StateError(f"{where}.attempts: expected a whole number >= 0, found {attempts!r}")
-        texts: dict[str, str | None] = {}
-        for name in ("submitted_at", "last_attempt_at", "last_error"):
-            value = data.get(name)
-            if value is not None and not isinstance(value, str):
-                raise StateError(
-                    f"{where}.{name}: expected a string or null, found {describe_kind(value)}"
-                )
-            texts[name] = value
+        texts = _optional_texts(data, where)
         response = data.get("response")
         if response is not None and not isinstance(response, dict):
             raise StateError(
@@ -174,12 +175,28 @@ class ModelRecord:
             fingerprint=fingerprint,
             request=request,
             status=cast(Status, status),
+            cause=cast("Cause | None", texts["cause"]),
             attempts=attempts,
             submitted_at=texts["submitted_at"],
             last_attempt_at=texts["last_attempt_at"],
             response=response,
             last_error=texts["last_error"],
         )
+
+
+def _optional_texts(data: Mapping[str, Any], where: str) -> dict[str, str | None]:
+    texts: dict[str, str | None] = {}
+    for name in ("submitted_at", "last_attempt_at", "last_error", "cause"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise StateError(
+                f"{where}.{name}: expected a string or null, found {describe_kind(value)}"
+            )
+        texts[name] = value
+    cause = texts["cause"]
+    if cause is not None and cause not in CAUSES:
+        raise StateError(f"{where}.cause: {cause!r} is not one of {', '.join(CAUSES)}")
+    return texts
 
 
 def new_record(
@@ -192,6 +209,7 @@ def new_record(
     last_attempt_at: str | None = None,
     response: Mapping[str, Any] | None = None,
     last_error: str | None = None,
+    cause: Cause | None = None,
 ) -> ModelRecord:
     """The one builder of state records: what modelsync did for ``spec``."""
     return ModelRecord(
@@ -203,6 +221,7 @@ def new_record(
         last_attempt_at=last_attempt_at,
         response=dict(response) if response is not None else None,
         last_error=last_error,
+        cause=cause,
     )
 
 

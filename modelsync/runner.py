@@ -19,16 +19,16 @@ from typing import Any, Literal
 
 from modelsync import defaults
 from modelsync.api.modelslab import ModelsLab
-from modelsync.api.transport import CallResult
-from modelsync.controls import Backoffs, Controls
-from modelsync.errors import ExitCode
-from modelsync.plan import Change, Plan, force_load_for
+from modelsync.api.retry import CallResult
+from modelsync.controls import Backoffs, Controls, StopFlag
+from modelsync.errors import ExitCode, StateError
+from modelsync.plan import Change, Plan, resend_force_load
 from modelsync.records import new_record, utc_now
 from modelsync.store import StateWriter
 
 log = logging.getLogger("modelsync.runner")
 
-Outcome = Literal["submitted", "failed", "skipped"]
+Outcome = Literal["submitted", "failed", "conflict", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ApplyOptions:
     parallelism: int = defaults.PARALLELISM
     deadline_s: float | None = None
     forget_orphans: bool = False
+    grace_s: float = defaults.GRACE_S
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,12 @@ class Report:
     exit_code: ExitCode
     stop_reason: str | None = None
     forgotten: tuple[str, ...] = ()
+    state_error: str | None = None  # the state could not record: the run stopped (exit 4)
 
     @property
     def summary(self) -> dict[str, int]:
         """Counts per outcome, plus unchanged."""
-        counts = {"submitted": 0, "failed": 0, "skipped": 0}
+        counts = {"submitted": 0, "failed": 0, "conflict": 0, "skipped": 0}
         for result in self.results:
             counts[result.outcome] += 1
         counts["unchanged"] = self.unchanged
@@ -118,9 +120,13 @@ def run_apply(
         results[result.model_id] = result
         on_result(result)
 
+    for change in plan.changes:
+        if change.action == "conflict":
+            done(_conflict(change))
+    pool = _Pool(todo, options.parallelism, controls, deadline, clock, client.transport.abort_all)
     if todo:
         submitter = _Submitter(writer, client, controls, deadline, clock)
-        _Pool(todo, options.parallelism, controls, deadline, clock).run(submitter.submit, done)
+        pool.run(submitter.submit, done)
 
     forgotten: tuple[str, ...] = ()
     if options.forget_orphans and not stop.is_set():
@@ -128,7 +134,7 @@ def run_apply(
         if forgotten:
             writer.forget(forgotten)
 
-    ordered = tuple(results[c.model_id] for c in todo if c.model_id in results)
+    ordered = tuple(results[c.model_id] for c in plan.changes if c.model_id in results)
     exit_code = stop.exit_code
     if exit_code == ExitCode.OK and any(r.outcome != "submitted" for r in ordered):
         exit_code = ExitCode.FAILED
@@ -138,11 +144,17 @@ def run_apply(
         exit_code=exit_code,
         stop_reason=stop.reason,
         forgotten=forgotten,
+        state_error=pool.state_error,
     )
 
 
 class _Pool:
-    """Starts submissions while there is room, collects them as they end."""
+    """Starts submissions while there is room, collects them as they end.
+
+    It also keeps the run's time bounds: at the ``--deadline``, at the end of the
+    ``--grace`` after a signal, or at a second SIGINT, it abandons the requests in
+    flight (their state stays ``pending``) instead of waiting for their answers.
+    """
 
     def __init__(
         self,
@@ -151,26 +163,33 @@ class _Pool:
         controls: Controls,
         deadline: float | None,
         clock: Callable[[], float],
+        abort: Callable[[str], None],
     ) -> None:
         self.queue = list(reversed(todo))
         self.workers = max(1, min(parallelism, len(todo)))
         # Room for submissions asleep in a backoff, which hold no request slot.
-        self.threads = min(len(todo), self.workers * Backoffs.ROOM)
+        self.threads = max(1, min(len(todo), self.workers * Backoffs.ROOM))
         self.stop = controls.stop
+        self.watch = controls.watch
         self.backoffs = controls.backoffs
         self.deadline = deadline
         self.clock = clock
+        self.abort = abort
+        self.abandoned = False
+        self.state_error: str | None = None
         self.pending: dict[Future[ModelResult], Change] = {}
 
     def room(self) -> bool:
         # At most `workers` submissions started and not asleep in a backoff, and no more
         # than the pool's threads: a stop then leaves the rest unstarted instead of
-        # queued inside the pool.
+        # queued inside the pool. While the breaker is open, new models wait; one goes
+        # as a probe when no retry is under way to probe for them.
         return (
             bool(self.queue)
             and len(self.pending) < self.threads
             and len(self.pending) - self.backoffs.asleep < self.workers
             and not self.stop.is_set()
+            and (not self.watch.paused or not self.pending)
         )
 
     def run(
@@ -186,17 +205,39 @@ class _Pool:
 
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="modelsync") as pool:
             while self.queue or self.pending:
+                self._keep_time()
                 self._start(pool, work, ended)
                 if not self.pending:
                     break
                 with changed:
                     if not self.room() and not any(f.done() for f in self.pending):
-                        changed.wait(timeout=0.5)
+                        changed.wait(timeout=0.2)
                 for future in [f for f in self.pending if f.done()]:
-                    self.pending.pop(future)
-                    done(future.result())
+                    done(self._collect(future))
             for change in reversed(self.queue):
                 done(skipped(change, self.stop.reason or "the run stopped"))
+
+    def _collect(self, future: Future[ModelResult]) -> ModelResult:
+        change = self.pending.pop(future)
+        try:
+            return future.result()
+        except StateError as exc:
+            # The state can record nothing more: stop, keep what was recorded, and still
+            # report what happened (exit 4).
+            self.state_error = self.state_error or str(exc)
+            self.stop.set(f"the state could not record a result: {exc}", ExitCode.STATE)
+            self.stop.abandon()
+            return ModelResult(
+                change.model_id, change.action, "failed", 0, None, f"not recorded: {exc}", 0.0
+            )
+
+    def _keep_time(self) -> None:
+        if self.deadline is not None and self.clock() >= self.deadline:
+            self.stop.set("the --deadline passed", ExitCode.FAILED)
+            self.stop.abandon()
+        if not self.abandoned and self.stop.should_abandon():
+            self.abandoned = True
+            self.abort(self.stop.reason or "the run stopped")
 
     def _start(
         self,
@@ -205,13 +246,19 @@ class _Pool:
         ended: Callable[[Future[ModelResult]], None],
     ) -> None:
         while self.room():
-            if self.deadline is not None and self.clock() >= self.deadline:
-                self.stop.set("the --deadline passed", ExitCode.FAILED)
-                return
             change = self.queue.pop()
             future = pool.submit(work, change)
             self.pending[future] = change
             future.add_done_callback(ended)
+
+
+def _conflict(change: Change) -> ModelResult:
+    """A model planned as a conflict: skipped, and reported as one."""
+    message = (
+        "a model of this id is on the account and modelsync did not put it there "
+        "(an earlier run was told it already exists); not sent"
+    )
+    return ModelResult(change.model_id, change.action, "conflict", 0, None, message, 0.0)
 
 
 def skipped(change: Change, reason: str) -> ModelResult:
@@ -262,8 +309,8 @@ class _Submitter:
         self.controls.watch.bind(spec.model_id)
         # An attempt whose answer was lost may have created the model: from then on the
         # entry is a retry, sent as the next run would send it (force_load yes unless written).
-        resend_force_load = force_load_for(spec, "retry")
-        resend = resend_force_load if resend_force_load != change.force_load else None
+        again = resend_force_load(spec)
+        resend = again if again != change.force_load else None
         result = self.client.load_model(
             spec.body(change.force_load),
             model_id=spec.model_id,
@@ -306,12 +353,12 @@ class _Submitter:
                 reason = "the --deadline passed"
                 stop.set(reason, ExitCode.FAILED)
             return skipped(change, reason)
-        if result.outcome == "auth":
-            stop.set(f"authentication failed: {result.message}", ExitCode.AUTH)
-        elif result.outcome == "account":
-            stop.set(f"the account cannot load models: {result.message}", ExitCode.AUTH)
-        elif result.outcome == "deadline":
-            stop.set("the --deadline passed", ExitCode.FAILED)
+        if result.outcome == "abandoned":
+            # In flight when the run was abandoned: the "pending" record written before the
+            # POST stays, and the next run retries it as a request that may have arrived.
+            message = f"{result.message}; recorded pending, the next apply retries it"
+            return _result(change, "failed", result, message)
+        _stop_for(stop, result)
         record = new_record(
             spec,
             request,
@@ -321,18 +368,33 @@ class _Submitter:
             last_attempt_at=now,
             response=result.response,
             last_error=result.message,
+            cause=result.cause,
         )
         self.writer.record(spec.model_id, record)
-        return _result(change, "failed", result)
+        return _result(change, "conflict" if result.cause == "conflict" else "failed", result)
 
 
-def _result(change: Change, outcome: Outcome, result: CallResult) -> ModelResult:
+def _stop_for(stop: StopFlag, result: CallResult) -> None:
+    """An answer that ends the whole run: a refused key, no credits, a moved endpoint."""
+    if result.outcome == "auth":
+        stop.set(f"authentication failed: {result.message}", ExitCode.AUTH)
+    elif result.outcome == "account":
+        stop.set(f"the account cannot load models: {result.message}", ExitCode.AUTH)
+    elif result.outcome == "redirect":
+        stop.set(f"the endpoint redirected: {result.message}", ExitCode.FAILED)
+    # A model whose next attempt would start after the --deadline ends alone; the run
+    # ends at the deadline itself (the pool keeps that time).
+
+
+def _result(
+    change: Change, outcome: Outcome, result: CallResult, message: str | None = None
+) -> ModelResult:
     return ModelResult(
         change.model_id,
         change.action,
         outcome,
         result.attempts,
         result.http_status,
-        result.message,
+        message if message is not None else result.message,
         result.duration_s,
     )

@@ -14,12 +14,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelsync import defaults, redact
+from modelsync.api.retry import RetryPolicy
 from modelsync.errors import AuthError
 from modelsync.manifest import Manifest, load_manifest
-from modelsync.plan import Selection
+from modelsync.plan import Selection, parse_selectors
 from modelsync.store import StateBackend, open_state
 
 if TYPE_CHECKING:
@@ -29,10 +30,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ClientOptions:
-    """How the API client talks: attempts, waits and timeouts."""
+    """How the API client talks: its retry policy and its timeouts."""
 
-    max_attempts: int = defaults.MAX_ATTEMPTS
-    max_retry_after: float = defaults.MAX_RETRY_AFTER_S
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout: float = defaults.CONNECT_TIMEOUT_S
     read_timeout: float = defaults.READ_TIMEOUT_S
 
@@ -47,9 +47,33 @@ class Settings:
     api_key_file: str | None = None
     selection: Selection = field(default_factory=Selection)
     lock_timeout: float = defaults.LOCK_TIMEOUT_S
-    client: ClientOptions = ClientOptions()
+    client: ClientOptions = field(default_factory=ClientOptions)
     command: str = "modelsync"  # the command line, to name a lock's holder
     env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+
+    @classmethod
+    def from_options(
+        cls, manifest_path: str, options: dict[str, Any], *, command: str = "modelsync"
+    ) -> Settings:
+        """Settings from a command's options, taking out of ``options`` those it knows.
+
+        What is left (``--parallelism``, ``--report``...) is the command's own business.
+        """
+        retry = {k: options.pop(k) for k in ("max_attempts", "max_retry_after") if k in options}
+        selection = Selection(
+            tuple(options.pop("only", ())),
+            tuple(options.pop("exclude", ())),
+            parse_selectors(options.pop("selector", ())),
+        )
+        fields = ("state", "endpoint", "api_key_file", "lock_timeout")
+        chosen = {k: options.pop(k) for k in fields if k in options}
+        return cls(
+            manifest_path,
+            selection=selection,
+            client=ClientOptions(RetryPolicy(**retry)),
+            command=command,
+            **chosen,
+        )
 
     @functools.cached_property
     def manifest(self) -> Manifest:
@@ -111,7 +135,7 @@ class Settings:
     def create_client(self, url: str, api_key: str, controls: Controls) -> ModelsLab:
         """The ModelsLab client for ``url``, paced by ``controls``."""
         from modelsync.api.modelslab import ModelsLab
-        from modelsync.api.transport import RetryPolicy, Transport
+        from modelsync.api.transport import Transport
 
         options = self.client
         transport = Transport(
@@ -119,9 +143,7 @@ class Settings:
             pin_to=url,
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
-            policy=RetryPolicy(
-                max_attempts=options.max_attempts, max_retry_after=options.max_retry_after
-            ),
+            policy=options.retry,
             sleep=controls.backoffs.sleep,
             gate=controls.watched,
         )

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelsync.api.modelslab import ModelsLab
-from modelsync.api.transport import RetryPolicy, Transport
+from modelsync.api.retry import RetryPolicy
+from modelsync.api.transport import Transport
 from modelsync.cli import main
 
 # The endpoint of tests that talk to a mocked API (requests-mock); never the real host.
 ENDPOINT = "https://api.test/api/v3/load_model"
 
 _POLICY_FIELDS = ("max_attempts", "max_retry_after", "backoff_base", "backoff_cap")
+
+
+def numbered(count: int, prefix: str = "model") -> list[str]:
+    """``model-000``, ``model-001``...: ``count`` model ids."""
+    return [f"{prefix}-{i:03d}" for i in range(count)]
+
+
+def write_models_manifest(path: Path, ids: Sequence[str]) -> list[str]:
+    """A manifest of safetensors models with direct https links; their ids."""
+    lines = ["version: 1", "models:"]
+    for model_id in ids:
+        lines += [
+            f"  - model_id: {model_id}",
+            f"    url: https://models.example.com/files/{model_id}.safetensors",
+            "    model_format: safetensors",
+            "    model_category: stable_diffusion",
+        ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return list(ids)
 
 
 class FakeClock:
@@ -38,6 +59,17 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += seconds
+
+
+class EdgeRandom(random.Random):
+    """A Random whose uniform() gives one end of its range: no jitter, or the most."""
+
+    def __init__(self, high: bool = False) -> None:
+        super().__init__(0)
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
 
 
 def make_client(endpoint: str, api_key: str, **options: Any) -> ModelsLab:

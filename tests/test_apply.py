@@ -25,7 +25,16 @@ import requests
 import requests_mock as rm
 
 import modelsync
-from modelsync.controls import DOWN_STREAK, AdaptiveGate, StopFlag, build_controls
+from modelsync.controls import (
+    DOWN_STREAK,
+    PROBE_MODELS,
+    PROBES_EACH,
+    AdaptiveGate,
+    HealthWatch,
+    StopFlag,
+    build_controls,
+)
+from modelsync.defaults import MAX_RATE_LIMITED
 from modelsync.errors import ExitCode
 from modelsync.manifest import load_manifest
 from modelsync.plan import make_plan
@@ -33,7 +42,7 @@ from modelsync.runner import ApplyOptions, Report, run_apply
 from modelsync.sandbox import Sandbox, SandboxConfig
 from modelsync.store import open_state
 from modelsync.store.file import read_state
-from tests.helpers import ENDPOINT, Cli, FakeClock, make_client
+from tests.helpers import ENDPOINT, Cli, EdgeRandom, FakeClock, make_client
 
 OTHER_HOST = "https://elsewhere.test/api/v3/load_model"
 KEY = "test-key-5f0c2a9d81b4"
@@ -160,6 +169,7 @@ def run_runner(
             sleep=clock.sleep,
             clock=clock,
             gate=controls.watched,
+            rng=EdgeRandom(),  # server-named waits exactly as named
         ) as client:
             report = run_apply(
                 plan,
@@ -449,7 +459,13 @@ def test_apply_auth_failure_sends_exactly_one_request(
     assert requests_mock.call_count == 1
     (refused,) = sent_ids(requests_mock)
     report = json.loads(report_file.read_text(encoding="utf-8"))
-    assert report["summary"] == {"submitted": 0, "failed": 1, "skipped": 5, "unchanged": 0}
+    assert report["summary"] == {
+        "submitted": 0,
+        "failed": 1,
+        "conflict": 0,
+        "skipped": 5,
+        "unchanged": 0,
+    }
     assert outcomes(report) == {m: ("failed" if m == refused else "skipped") for m in ids(6)}
     assert by_id(report)[refused]["attempts"] == 1
     assert report["stop_reason"].startswith("authentication failed: Invalid ")
@@ -524,7 +540,13 @@ def test_apply_account_failure_stops_submitting(
     assert code == 5
     assert requests_mock.call_count == 1
     report = json.loads(out)
-    assert report["summary"] == {"submitted": 0, "failed": 1, "skipped": 5, "unchanged": 0}
+    assert report["summary"] == {
+        "submitted": 0,
+        "failed": 1,
+        "conflict": 0,
+        "skipped": 5,
+        "unchanged": 0,
+    }
     assert report["stop_reason"] == (
         "the account cannot load models: Insufficient credits. Please add more credits."
     )
@@ -822,7 +844,7 @@ def test_apply_twice_sends_nothing_the_second_time(
     assert requests_mock.call_count == 5
     assert json.loads(out) == {
         "format_version": 1,
-        "summary": {"submitted": 0, "failed": 0, "skipped": 0, "unchanged": 5},
+        "summary": {"submitted": 0, "failed": 0, "conflict": 0, "skipped": 0, "unchanged": 5},
         "results": [],
     }
     assert snapshot(manifest5)["serial"] == first["serial"]  # nothing changed, nothing written
@@ -856,7 +878,13 @@ def test_apply_update_sends_one_request_with_force_load_yes(
         "key": KEY,
     }
     report = json.loads(out)
-    assert report["summary"] == {"submitted": 1, "failed": 0, "skipped": 0, "unchanged": 3}
+    assert report["summary"] == {
+        "submitted": 1,
+        "failed": 0,
+        "conflict": 0,
+        "skipped": 0,
+        "unchanged": 3,
+    }
     assert [(r["model_id"], r["action"]) for r in report["results"]] == [("model-01", "update")]
     recorded = snapshot(manifest)["models"]["model-01"]
     assert recorded["request"]["model_name"] == "Renamed"
@@ -936,7 +964,9 @@ def test_apply_honours_retry_after(
     )
     code, out, _err = cli("apply", manifest, "--output", "json")
     assert code == 0
-    assert sleeps == [2.0, 7.0]
+    # As named, plus up to a fifth so that workers refused together do not return together.
+    assert len(sleeps) == 2
+    assert 2.0 <= sleeps[0] <= 2.4 and 7.0 <= sleeps[1] <= 8.4
     assert json.loads(out)["results"][0]["attempts"] == 3
 
 
@@ -1006,6 +1036,7 @@ def test_apply_failed_entry_does_not_stop_the_others(
         assert models[model_id]["status"] == "failed"
         assert models[model_id]["last_error"] == "url: The url format is invalid."
         assert models[model_id]["attempts"] == 1
+        assert models[model_id]["cause"] == "rejected"
     assert {m for m, r in models.items() if r["status"] == "submitted"} == {
         "model-00",
         "model-02",
@@ -1016,20 +1047,29 @@ def test_apply_failed_entry_does_not_stop_the_others(
     code, out, _err = cli("plan", manifest, "--output", "json")
     assert code == 0
     plan = json.loads(out)
-    assert plan["summary"] == {"create": 0, "update": 0, "retry": 2, "unchanged": 4, "orphan": 0}
+    assert plan["summary"] == {
+        "create": 0,
+        "update": 0,
+        "retry": 2,
+        "conflict": 0,
+        "unchanged": 4,
+        "orphan": 0,
+    }
+    # Refused creates: the request was not acted on, so the retry sends what a create
+    # sends (force_load no), never a reload that could replace someone else's model.
     assert [(c["model_id"], c["action"], c["force_load"]) for c in plan["changes"]] == [
-        ("model-01", "retry", "yes"),
-        ("model-04", "retry", "yes"),
+        ("model-01", "retry", "no"),
+        ("model-04", "retry", "no"),
     ]
 
-    # The retry run sends only those two, with force_load yes.
+    # The retry run sends only those two, as planned.
     requests_mock.reset_mock()
     requests_mock.post(ENDPOINT, json=OK)
     code, out, _err = cli("apply", manifest, "--output", "json")
     assert code == 0
     assert sorted((b["model_id"], b["force_load"]) for b in bodies(requests_mock)) == [
-        ("model-01", "yes"),
-        ("model-04", "yes"),
+        ("model-01", "no"),
+        ("model-04", "no"),
     ]
     assert [r["action"] for r in json.loads(out)["results"]] == ["retry", "retry"]
 
@@ -1039,12 +1079,17 @@ def test_apply_already_exists_says_how_to_go_on(
 ) -> None:
     manifest = write_manifest(tmp_path / "prod.yaml", [model(0)])
     requests_mock.post(ENDPOINT, json={"status": "error", "message": "Model id already exists"})
-    code, out, _err = cli("apply", manifest, "--output", "json")
+    code, out, err = cli("apply", manifest, "--output", "json")
     assert code == 1
-    assert json.loads(out)["results"][0]["message"] == (
-        "model id 'model-00' already exists on the account: run 'modelsync state adopt "
-        "model-00' to record it, or set force_load: yes to reload it"
+    (result,) = json.loads(out)["results"]
+    assert (result["outcome"], result["message"]) == (
+        "conflict",
+        "model id 'model-00' already exists on the account and modelsync did not put it "
+        "there: not replaced",
     )
+    # The ways on, with the whole command, on stderr (stdout is the JSON report).
+    assert f"  - it is the right model: modelsync state adopt model-00 {manifest}\n" in err
+    assert "  - replace it: set force_load: yes on the entry, then apply\n" in err
 
 
 # --------------------------------------------------------------------------- API down
@@ -1073,18 +1118,27 @@ def test_apply_stops_when_the_api_is_down(
         "apply", manifest, "--max-attempts", "2", "--parallelism", "1", "--output", "json"
     )
     assert code == 1
-    # 5 models x 2 attempts = the 10 failures in a row, over 5 models: nothing after.
-    assert requests_mock.call_count == DOWN_STREAK == 10
+    # 5 models x 2 attempts = 10 failures in a row over 5 models: new models pause. With
+    # nothing under way to probe, one model at a time goes as a probe: 3 models x 2 failed
+    # probes each, and the API is down. Nothing after.
+    assert requests_mock.call_count == DOWN_STREAK + PROBE_MODELS * PROBES_EACH == 16
     report = json.loads(out)
-    assert report["summary"] == {"submitted": 0, "failed": 5, "skipped": 15, "unchanged": 0}
+    assert report["summary"] == {
+        "submitted": 0,
+        "failed": 8,
+        "conflict": 0,
+        "skipped": 12,
+        "unchanged": 0,
+    }
     assert report["stop_reason"] == (
-        "the API looks down: 10 failed attempts in a row over 5 models; "
-        "stopped starting new submissions"
+        "the API looks down: 10 failed attempts in a row over 5 models, then 6 failed probes "
+        "over 3 models in 0 s; stopped starting new submissions"
     )
-    assert [r["outcome"] for r in report["results"]] == ["failed"] * 5 + ["skipped"] * 15
-    assert len(sleeps) == 5  # one backoff per model between its two attempts
+    assert [r["outcome"] for r in report["results"]] == ["failed"] * 8 + ["skipped"] * 12
+    assert len(sleeps) == 8  # one backoff per model between its two attempts
     models = snapshot(manifest)["models"]
-    assert sorted(models) == ids(5)  # the skipped creates were never sent, never recorded
+    assert sorted(models) == ids(8)  # the skipped creates were never sent, never recorded
+    assert {m["cause"] for m in models.values()} == {"maybe_reached"}
 
 
 def test_apply_api_down_with_parallelism_is_bounded(
@@ -1096,10 +1150,12 @@ def test_apply_api_down_with_parallelism_is_bounded(
         "apply", manifest, "--max-attempts", "2", "--parallelism", "4", "--output", "json"
     )
     assert code == 1
-    # The 10th failure stops the run; at most the 3 other requests then in flight finish.
-    assert 10 <= requests_mock.call_count <= 13
+    # The 10th failure pauses new models; the 3 other requests then in flight finish and
+    # the retries probe: the API is down once 3 models failed 2 probes each.
+    assert 10 <= requests_mock.call_count <= DOWN_STREAK + 3 + PROBE_MODELS * PROBES_EACH
     report = json.loads(out)
     assert report["stop_reason"].startswith("the API looks down: 10 failed attempts in a row")
+    assert "failed probes over 3 models" in report["stop_reason"]
     assert report["summary"]["submitted"] == 0
     assert report["summary"]["skipped"] >= 12
     assert report["summary"]["failed"] + report["summary"]["skipped"] == 20
@@ -1118,11 +1174,20 @@ def test_apply_429s_alone_do_not_stop_the_run(
         "apply", manifest, "--max-attempts", "2", "--parallelism", "1", "--output", "json"
     )
     assert code == 1
-    assert requests_mock.call_count == 40  # every model, every attempt
+    # 429s are pacing: they use no attempt, and a model waits as the server asks, up to
+    # MAX_RATE_LIMITED answers without a --deadline; nor do they open the breaker.
+    assert requests_mock.call_count == 20 * MAX_RATE_LIMITED
     report = json.loads(out)
     assert "stop_reason" not in report
-    assert report["summary"] == {"submitted": 0, "failed": 20, "skipped": 0, "unchanged": 0}
-    assert sleeps == [1.0] * 20
+    assert report["summary"] == {
+        "submitted": 0,
+        "failed": 20,
+        "conflict": 0,
+        "skipped": 0,
+        "unchanged": 0,
+    }
+    assert len(sleeps) == 20 * (MAX_RATE_LIMITED - 1)
+    assert all(1.0 <= s <= 1.2 for s in sleeps)
 
 
 def test_apply_a_success_resets_the_down_streak(
@@ -1140,7 +1205,13 @@ def test_apply_a_success_resets_the_down_streak(
     assert requests_mock.call_count == 22
     report = json.loads(out)
     assert "stop_reason" not in report
-    assert report["summary"] == {"submitted": 2, "failed": 10, "skipped": 0, "unchanged": 0}
+    assert report["summary"] == {
+        "submitted": 2,
+        "failed": 10,
+        "conflict": 0,
+        "skipped": 0,
+        "unchanged": 0,
+    }
 
 
 def test_apply_rejections_of_entries_do_not_count_as_down(
@@ -1169,12 +1240,13 @@ def test_apply_never_follows_a_redirect_to_another_host(
     code, out, _err = cli("apply", manifest, "--output", "json")
     assert code == 1
     assert other.call_count == 0
-    assert requests_mock.call_count == 2
+    # The endpoint answers every request alike: the run stops after the first answer.
+    assert requests_mock.call_count == 1
     report = json.loads(out)
-    assert outcomes(report) == {"model-00": "failed", "model-01": "failed"}
-    for result in report["results"]:
-        assert OTHER_HOST in result["message"]
-        assert result["http_status"] == status
+    assert outcomes(report) == {"model-00": "failed", "model-01": "skipped"}
+    assert OTHER_HOST in report["results"][0]["message"]
+    assert report["results"][0]["http_status"] == status
+    assert report["stop_reason"].startswith("the endpoint redirected")
     assert KEY not in out
 
 
@@ -1203,7 +1275,14 @@ def test_apply_dry_run_sends_nothing_and_writes_no_state(
     assert requests_mock.call_count == 0
     assert not (manifest5.parent / ".modelsync").exists()
     plan = json.loads(out)
-    assert plan["summary"] == {"create": 5, "update": 0, "retry": 0, "unchanged": 0, "orphan": 0}
+    assert plan["summary"] == {
+        "create": 5,
+        "update": 0,
+        "retry": 0,
+        "conflict": 0,
+        "unchanged": 0,
+        "orphan": 0,
+    }
     code, out, _err = cli("apply", manifest5, "--dry-run")
     assert code == 0
     assert out.endswith("Plan: 5 to create, 0 to update, 0 to retry, 0 unchanged, 0 orphaned.\n")
@@ -1238,7 +1317,13 @@ def test_apply_json_report_shape_and_report_file(
     document = json.loads(out)
     assert set(document) == REPORT_KEYS
     assert document["format_version"] == 1
-    assert document["summary"] == {"submitted": 1, "failed": 1, "skipped": 0, "unchanged": 1}
+    assert document["summary"] == {
+        "submitted": 1,
+        "failed": 1,
+        "conflict": 0,
+        "skipped": 0,
+        "unchanged": 1,
+    }
     assert [set(r) for r in document["results"]] == [RESULT_KEYS, RESULT_KEYS]
     first, second = document["results"]
     assert {k: v for k, v in first.items() if k != "duration_s"} == {
@@ -1273,7 +1358,13 @@ def test_apply_text_output_report_file(
     assert out.splitlines()[-1] == "Apply: 5 submitted, 0 failed, 0 skipped, 0 unchanged."
     document = json.loads(report_file.read_text(encoding="utf-8"))
     assert set(document) == REPORT_KEYS
-    assert document["summary"] == {"submitted": 5, "failed": 0, "skipped": 0, "unchanged": 0}
+    assert document["summary"] == {
+        "submitted": 5,
+        "failed": 0,
+        "conflict": 0,
+        "skipped": 0,
+        "unchanged": 0,
+    }
     assert [r["model_id"] for r in document["results"]] == ids(5)
 
 
@@ -1433,7 +1524,10 @@ def test_apply_signal_finishes_in_flight_and_starts_nothing_new(
             process.communicate()
     assert process.returncode == code, err
     name = signal.Signals(signum).name
-    assert f"{name}: finishing the requests in flight, starting no new ones..." in err
+    assert (
+        f"{name}: finishing the requests in flight, starting no new ones "
+        "(at most 10 s; again to abandon them now)..."
+    ) in err
     report = json.loads(out)
     assert report["stop_reason"] == f"interrupted by {name}"
     results = by_id(report)
@@ -1451,3 +1545,135 @@ def test_apply_signal_finishes_in_flight_and_starts_nothing_new(
     )
     assert not state.with_name(state.name + ".journal").exists()
     assert not state.with_name(state.name + ".lock.info").exists()
+
+
+# ------------------------------------------------------------------ the breaker (DESIGN §4)
+
+
+def _fail(watch: HealthWatch, model_id: str, times: int = 1, kind: str = "retryable") -> None:
+    watch.bind(model_id)
+    for _ in range(times):
+        watch.observe(kind, 503 if kind == "retryable" else 400)
+
+
+def test_breaker_pauses_after_a_streak_over_three_models_and_resumes_on_a_success() -> None:
+    clock = FakeClock()
+    stop = StopFlag()
+    watch = HealthWatch(stop, clock)
+    _fail(watch, "a", 4)
+    _fail(watch, "b", 4)
+    _fail(watch, "c", 1)
+    assert not watch.paused  # 9 in a row
+    _fail(watch, "c", 1)
+    assert watch.paused and not stop.is_set()
+    watch.bind("d")
+    watch.observe("submitted", 200)
+    assert not watch.paused and not stop.is_set()
+
+
+def test_breaker_needs_three_models_not_just_ten_failures() -> None:
+    stop = StopFlag()
+    watch = HealthWatch(stop, FakeClock())
+    _fail(watch, "a", 6)
+    _fail(watch, "b", 6)
+    assert not watch.paused
+
+
+def test_breaker_429s_and_rejections_do_not_count() -> None:
+    stop = StopFlag()
+    watch = HealthWatch(stop, FakeClock())
+    for model_id in "abcdefghijkl":
+        watch.bind(model_id)
+        watch.observe("retryable", 429)
+        watch.observe("failed", 400)
+    assert not watch.paused
+
+
+def test_breaker_stops_when_three_models_fail_two_probes_each() -> None:
+    stop = StopFlag()
+    watch = HealthWatch(stop, FakeClock())
+    for model_id in "abcde":
+        _fail(watch, model_id, 2)
+    assert watch.paused
+    _fail(watch, "f", 2)
+    _fail(watch, "g", 2)
+    _fail(watch, "h", 1)
+    assert not stop.is_set()
+    _fail(watch, "h", 1)
+    assert stop.is_set() and stop.exit_code == ExitCode.FAILED
+    assert stop.reason is not None and stop.reason.startswith(
+        "the API looks down: 10 failed attempts in a row over 5 models, then 6 failed probes"
+    )
+
+
+def test_breaker_stops_after_a_minute_of_failed_probing() -> None:
+    clock = FakeClock()
+    stop = StopFlag()
+    watch = HealthWatch(stop, clock)
+    for model_id in "abcde":
+        _fail(watch, model_id, 2)
+    _fail(watch, "f", 1)
+    clock.advance(59.0)
+    _fail(watch, "f", 0)
+    assert not stop.is_set()
+    clock.advance(1.0)
+    _fail(watch, "g", 1)
+    assert stop.is_set()
+
+
+def test_breaker_a_flaky_api_converges(
+    cli: Cli, api_key: str, tmp_path: Path, requests_mock: rm.Mocker, sleeps: list[float]
+) -> None:
+    # Every model's first attempt fails (503), its retry succeeds: the breaker pauses new
+    # models while retries probe, resumes on their success, and every model gets through.
+    manifest = write_manifest(tmp_path / "prod.yaml", [model(i) for i in range(30)])
+    seen: set[str] = set()
+
+    def flaky(request: Any, context: Any) -> dict[str, Any]:
+        model_id = request.json()["model_id"]
+        if model_id not in seen:
+            seen.add(model_id)
+            context.status_code = 503
+            return {"status": "error", "message": "Service Unavailable"}
+        return OK
+
+    requests_mock.post(ENDPOINT, json=flaky)
+    code, out, _err = cli("apply", manifest, "--parallelism", "8", "--output", "json")
+    assert code == 0, out
+    assert requests_mock.call_count == 60  # exactly 2 per model
+    assert json.loads(out)["summary"]["submitted"] == 30
+
+
+def test_apply_a_state_that_cannot_record_still_gets_its_report(
+    cli: Cli,
+    api_key: str,
+    tmp_path: Path,
+    requests_mock: rm.Mocker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelsync.errors import StateError
+    from modelsync.store.file import StateStore
+
+    manifest = write_manifest(tmp_path / "prod.yaml", [model(i) for i in range(6)])
+    requests_mock.post(ENDPOINT, json=OK)
+    real_record = StateStore.record
+    recorded: list[str] = []
+
+    def record(self: StateStore, model_id: str, rec: Any) -> None:
+        if len(recorded) >= 5:  # pending + submitted of 2 models, then the disk is full
+            raise StateError("cannot append to the journal: No space left on device")
+        recorded.append(model_id)
+        real_record(self, model_id, rec)
+
+    monkeypatch.setattr(StateStore, "record", record)
+    report_file = tmp_path / "report.json"
+    code, out, err = cli(
+        "apply", manifest, "--parallelism", "1", "--report", report_file, "--output", "json"
+    )
+    assert code == 4
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    assert report == json.loads(out)
+    assert report["summary"]["submitted"] == 2
+    assert report["stop_reason"].startswith("the state could not record a result")
+    assert "Error: cannot append to the journal: No space left on device" in err
+    assert requests_mock.call_count == 3  # the third model's answer could not be recorded

@@ -165,7 +165,14 @@ def test_plan_json_without_state_has_the_design_shape(project: Path, run: Run) -
         "format_version": 1,
         "manifest": MANIFEST,
         "state": str(STATE),
-        "summary": {"create": 5, "update": 0, "retry": 0, "unchanged": 0, "orphan": 0},
+        "summary": {
+            "create": 5,
+            "update": 0,
+            "retry": 0,
+            "conflict": 0,
+            "unchanged": 0,
+            "orphan": 0,
+        },
         "changes": [
             {"model_id": model_id, "action": "create", "force_load": "no", "fields": {}}
             for model_id in IDS
@@ -216,6 +223,7 @@ def test_plan_json_with_every_action(project: Path, run: Run) -> None:
         "create": 1,
         "update": 1,
         "retry": 2,
+        "conflict": 0,
         "unchanged": 1,
         "orphan": 1,
     }
@@ -267,6 +275,7 @@ def test_plan_subset_options(project: Path, run: Run, args: list[str], shown: li
         "create": len(shown),
         "update": 0,
         "retry": 0,
+        "conflict": 0,
         "unchanged": 0,
         "orphan": 0,
     }
@@ -425,6 +434,7 @@ def test_plan_folds_a_leftover_journal_and_writes_nothing(project: Path, run: Ru
         "create": 4,
         "update": 0,
         "retry": 0,
+        "conflict": 0,
         "unchanged": 1,
         "orphan": 0,
     }
@@ -778,6 +788,7 @@ def test_state_adopt_records_without_a_request(project: Path, run: Run, api: Any
         "create": 3,
         "update": 0,
         "retry": 0,
+        "conflict": 0,
         "unchanged": 2,
         "orphan": 0,
     }

@@ -22,8 +22,8 @@ from requests.adapters import HTTPAdapter
 from modelsync import redact
 from modelsync.api.envelope import MAX_REDIRECTS, Verdict, classify, parse_retry_after
 from modelsync.api.modelslab import ModelsLab as LoadModelClient
-from modelsync.api.transport import CallResult
-from tests.helpers import ENDPOINT, FakeClock
+from modelsync.api.retry import CallResult
+from tests.helpers import ENDPOINT, EdgeRandom, FakeClock
 from tests.helpers import make_client as new_client
 
 OTHER_HOST = "https://evil.test/api/v3/load_model"
@@ -39,8 +39,8 @@ BODY = {
 }
 OK = {"status": "success", "message": "model load started"}
 HINT = (
-    "model id 'majicmix-realistic' already exists on the account: run 'modelsync state "
-    "adopt majicmix-realistic' to record it, or set force_load: yes to reload it"
+    "model id 'majicmix-realistic' already exists on the account and modelsync did not put "
+    "it there: not replaced"
 )
 
 
@@ -54,8 +54,8 @@ class RecordingGate:
         if self._before_acquire is not None:
             self._before_acquire()
 
-    def release(self, verdict_kind: str, http_status: int | None) -> None:
-        self.calls.append(("release", verdict_kind, http_status))
+    def release(self, verdict_kind: str, http_status: int | None, pacing: bool = False) -> None:
+        self.calls.append(("release", verdict_kind, http_status, pacing)[: 4 if pacing else 3])
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ TABLE: list[tuple[str, int, dict[str, Any], str, str]] = [
         "301",
         301,
         {"headers": {"Location": "https://modelslab.com/api/v3/load_model"}},
-        "failed",
+        "redirect",
         "the endpoint moved (HTTP 301 Moved Permanently) to "
         "https://modelslab.com/api/v3/load_model: update target.endpoint / --endpoint to "
         "https://modelslab.com/api/v3/load_model",
@@ -280,7 +280,7 @@ TABLE: list[tuple[str, int, dict[str, Any], str, str]] = [
         "302 relative",
         302,
         {"headers": {"Location": "/api/v4/load_model"}},
-        "failed",
+        "redirect",
         "the endpoint moved (HTTP 302 Found) to https://api.test/api/v4/load_model: "
         "update target.endpoint / --endpoint to https://api.test/api/v4/load_model",
     ),
@@ -288,7 +288,7 @@ TABLE: list[tuple[str, int, dict[str, Any], str, str]] = [
         "303",
         303,
         {"headers": {"Location": "https://api.test/done"}},
-        "failed",
+        "redirect",
         "the endpoint moved (HTTP 303 See Other) to https://api.test/done: "
         "update target.endpoint / --endpoint to https://api.test/done",
     ),
@@ -296,7 +296,7 @@ TABLE: list[tuple[str, int, dict[str, Any], str, str]] = [
         "307 without location",
         307,
         {},
-        "failed",
+        "redirect",
         "HTTP 307 Temporary Redirect without a Location header: check target.endpoint / --endpoint",
     ),
 ]
@@ -409,7 +409,7 @@ def test_submit_already_exists_with_force_load_yes(
     assert result.outcome == "failed"
     assert result.message == (
         "model id 'majicmix-realistic' already exists on the account and was not reloaded even "
-        "with force_load: yes: run 'modelsync state adopt majicmix-realistic' to record it"
+        "with force_load: yes; if it is the right model, adopt it (modelsync state adopt)"
     )
 
 
@@ -487,10 +487,10 @@ def test_submit_without_resend_body_says_the_lost_attempt_may_have_loaded_it(
     assert [r.json()["force_load"] for r in requests_mock.request_history] == ["no", "no"]
     assert (result.outcome, result.attempts, result.resent) == ("failed", 2, False)
     assert result.message == (
-        "model id 'majicmix-realistic' already exists on the account (an earlier attempt of "
-        "this run may have loaded it before its answer was lost): run 'modelsync state adopt "
-        "majicmix-realistic' to record it, or set force_load: yes to reload it"
+        "model id 'majicmix-realistic' already exists on the account; an earlier attempt of "
+        "this run may have loaded it before its answer was lost, so the next apply retries it"
     )
+    assert result.cause == "maybe_reached"
 
 
 def test_submit_reload_refused_as_existing_gives_the_force_load_yes_hint(
@@ -524,7 +524,7 @@ def test_submit_same_host_redirects_stop_after_the_limit(
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=307, headers={"Location": ENDPOINT})
     result = make_client().load_model(BODY, model_id="m")
-    assert result.outcome == "failed"
+    assert result.outcome == "redirect"
     assert result.message == (
         f"more than {MAX_REDIRECTS} redirects from {ENDPOINT}: check target.endpoint / --endpoint"
     )
@@ -542,7 +542,7 @@ def test_submit_never_sends_to_another_host(
     assert other.call_count == 0
     assert other_get.call_count == 0
     assert requests_mock.call_count == 1
-    assert (result.outcome, result.http_status) == ("failed", status)
+    assert (result.outcome, result.http_status) == ("redirect", status)
     assert OTHER_HOST in result.message
     if status == 302:
         assert "update target.endpoint / --endpoint to" in result.message
@@ -566,7 +566,7 @@ def test_submit_redirect_to_other_scheme_or_port_is_not_followed(
     requests_mock.post(ENDPOINT, status_code=307, headers={"Location": location})
     other = requests_mock.post(location, json=OK)
     result = make_client().load_model(BODY, model_id="m")
-    assert result.outcome == "failed"
+    assert result.outcome == "redirect"
     assert other.call_count == 0
 
 
@@ -576,7 +576,7 @@ def test_submit_does_not_let_requests_follow_redirects(
     # With requests' default allow_redirects=True this 303 would be followed with a GET.
     requests_mock.post(ENDPOINT, status_code=303, headers={"Location": "/elsewhere"})
     target = requests_mock.get("https://api.test/elsewhere", json=OK)
-    assert make_client().load_model(BODY, model_id="m").outcome == "failed"
+    assert make_client().load_model(BODY, model_id="m").outcome == "redirect"
     assert target.call_count == 0
 
 
@@ -588,25 +588,24 @@ def test_submit_does_not_let_requests_follow_redirects(
     [
         (
             requests.exceptions.ConnectionError("Connection refused"),
-            "connection error (ConnectionError): Connection refused",
+            "connection error (api.test)",
         ),
-        (requests.exceptions.ConnectionError(), "connection error"),
+        (requests.exceptions.ConnectionError(), "connection error (api.test)"),
         (
             requests.exceptions.ConnectTimeout("timed out"),
-            "connect timeout: no connection within 10 s (ConnectTimeout): timed out",
+            "connect timeout: no connection within 10 s (api.test)",
         ),
         (
             requests.exceptions.ReadTimeout("read timed out"),
-            "read timeout: no answer within 60 s (ReadTimeout): read timed out",
+            "read timeout: no answer within 60 s (api.test)",
         ),
         (
             requests.exceptions.ChunkedEncodingError("Connection reset by peer"),
-            "connection broken while reading the answer (ChunkedEncodingError): "
-            "Connection reset by peer",
+            "connection broken while reading the answer (api.test)",
         ),
         (
             requests.exceptions.SSLError("EOF occurred in violation of protocol"),
-            "connection error (SSLError): EOF occurred in violation of protocol",
+            "connection error (api.test)",
         ),
     ],
     ids=["refused", "bare", "connect timeout", "read timeout", "reset", "ssl"],
@@ -631,7 +630,7 @@ def test_submit_other_request_errors_are_retryable(
     requests_mock.post(ENDPOINT, [{"exc": requests.exceptions.RequestException}, {"json": OK}])
     seen: list[Verdict] = []
     result = make_client().load_model(BODY, model_id="m", on_retry=lambda n, v, w: seen.append(v))
-    assert [v.message for v in seen] == ["request error"]
+    assert [v.message for v in seen] == ["request error (api.test)"]
     assert result.outcome == "submitted"
 
 
@@ -640,9 +639,9 @@ def test_submit_bad_endpoint_fails_without_retry(
 ) -> None:
     requests_mock.post(ENDPOINT, exc=requests.exceptions.InvalidURL("bad host"))
     result = make_client().load_model(BODY, model_id="m")
-    assert (result.outcome, result.attempts) == ("failed", 1)
+    assert (result.outcome, result.attempts, result.cause) == ("failed", 1, "never_sent")
     assert result.message == (
-        "cannot send the request (check target.endpoint / --endpoint) (InvalidURL): bad host"
+        "cannot send the request (check target.endpoint / --endpoint) (api.test)"
     )
 
 
@@ -660,6 +659,7 @@ def test_submit_gives_up_after_max_attempts_with_last_reason(
         duration_s=clock.now - 1000.0,
         retryable_failures=3,
         uncertain=True,
+        cause="maybe_reached",
     )
     assert requests_mock.call_count == 3
     assert len(clock.sleeps) == 2
@@ -672,7 +672,7 @@ def test_submit_single_attempt_gives_up_without_sleeping(
     result = make_client(max_attempts=1).load_model(BODY, model_id="m")
     assert result.outcome == "failed"
     assert result.message == (
-        "gave up after 1 attempt: read timeout: no answer within 60 s (ReadTimeout): slow"
+        "gave up after 1 attempt: read timeout: no answer within 60 s (api.test)"
     )
     assert clock.sleeps == []
 
@@ -708,15 +708,33 @@ def test_submit_first_401_sends_exactly_one_request(
 # ----------------------------------------------------------------------- Retry-After
 
 
-def test_retry_after_seconds_header_is_slept_exactly(
+def test_retry_after_seconds_header_is_slept_with_up_to_a_fifth_more(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(
         ENDPOINT, [{"status_code": 429, "headers": {"Retry-After": "2"}}, {"json": OK}]
     )
-    result = make_client().load_model(BODY, model_id="m")
+    result = make_client(rng=EdgeRandom()).load_model(BODY, model_id="m")
     assert clock.sleeps == [2.0]
     assert (result.outcome, result.attempts, result.duration_s) == ("submitted", 2, 2.0)
+    requests_mock.post(
+        ENDPOINT, [{"status_code": 429, "headers": {"Retry-After": "2"}}, {"json": OK}]
+    )
+    make_client(rng=EdgeRandom(high=True)).load_model(BODY, model_id="m")
+    assert clock.sleeps == [2.0, 2.4]
+
+
+def test_server_named_waits_are_spread_so_refused_workers_do_not_return_together(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
+) -> None:
+    for seed in range(8):
+        requests_mock.post(
+            ENDPOINT,
+            [{"status_code": 429, "json": {"retry_after": 10}}, {"json": OK}],
+        )
+        make_client(rng=random.Random(seed)).load_model(BODY, model_id="m")
+    assert all(10.0 <= w <= 12.0 for w in clock.sleeps)
+    assert len(set(clock.sleeps)) == 8  # eight workers, eight different moments
 
 
 def test_retry_after_http_date_uses_wall_clock(
@@ -726,7 +744,7 @@ def test_retry_after_http_date_uses_wall_clock(
     requests_mock.post(
         ENDPOINT, [{"status_code": 503, "headers": {"Retry-After": date}}, {"json": OK}]
     )
-    assert make_client().load_model(BODY, model_id="m").outcome == "submitted"
+    assert make_client(rng=EdgeRandom()).load_model(BODY, model_id="m").outcome == "submitted"
     assert clock.sleeps == [7.0]
 
 
@@ -791,7 +809,7 @@ def test_body_retry_after_is_honoured(
         ],
     )
     waits: list[tuple[int, float]] = []
-    result = make_client().load_model(
+    result = make_client(rng=EdgeRandom()).load_model(
         BODY, model_id="m", on_retry=lambda n, v, w: waits.append((n, w))
     )
     assert clock.sleeps == [30.0]
@@ -810,7 +828,7 @@ def test_header_retry_after_wins_over_body(
             {"json": OK},
         ],
     )
-    make_client().load_model(BODY, model_id="m")
+    make_client(rng=EdgeRandom()).load_model(BODY, model_id="m")
     assert clock.sleeps == [2.0, 4.0]
 
 
@@ -847,6 +865,7 @@ def test_parse_retry_after(value: object, expected: float | None) -> None:
 # ---------------------------------------------------------------------------- backoff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("base", "cap"), [(1.0, 60.0), (10.0, 25.0)])
 def test_backoff_is_full_jitter_within_bounds(
     requests_mock: rm.Mocker, base: float, cap: float
@@ -889,7 +908,7 @@ def test_should_stop_before_first_attempt_sends_nothing(
     requests_mock.post(ENDPOINT, json=OK)
     result = make_client().load_model(BODY, model_id="m", should_stop=lambda: True)
     assert result == CallResult(
-        "stopped", 0, None, "stopped before the request was sent", None, 0.0, 0
+        "stopped", 0, None, "stopped before the request was sent", None, 0.0, 0, cause="never_sent"
     )
     assert requests_mock.call_count == 0
 
@@ -934,7 +953,8 @@ def test_deadline_passing_while_waiting_for_the_gate_sends_nothing(
 
     gate = RecordingGate(before_acquire=slow_gate)
     result = make_client(gate=gate).load_model(BODY, model_id="m", deadline=clock.now + 30.0)
-    assert (result.outcome, result.attempts, result.duration_s) == ("deadline", 0, 60.0)
+    # Time queued for a slot is not the request's: duration_s counts from the first attempt.
+    assert (result.outcome, result.attempts, result.duration_s) == ("deadline", 0, 0.0)
     assert requests_mock.call_count == 0
     assert gate.calls == [("acquire",), ("release", "deadline", None)]
 
@@ -953,7 +973,7 @@ def test_deadline_is_never_slept_past(
     requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
 ) -> None:
     requests_mock.post(ENDPOINT, status_code=429, headers={"Retry-After": "30"}, text="")
-    result = make_client().load_model(BODY, model_id="m", deadline=clock.now + 10)
+    result = make_client(rng=EdgeRandom()).load_model(BODY, model_id="m", deadline=clock.now + 10)
     assert clock.sleeps == []
     assert (result.outcome, result.attempts, result.http_status) == ("deadline", 1, 429)
     assert result.message == (
@@ -993,7 +1013,7 @@ def test_deadline_reached_during_retries(
 
     requests_mock.post(ENDPOINT, text=slow)
     start = clock.now
-    result = make_client(max_attempts=10).load_model(
+    result = make_client(max_attempts=10, rng=EdgeRandom()).load_model(
         BODY, model_id="m", deadline=start + deadline_in
     )
     assert (result.outcome, result.attempts, result.message) == ("deadline", attempts, message)
@@ -1014,7 +1034,7 @@ def test_duration_uses_the_clock(
         return text
 
     requests_mock.post(ENDPOINT, text=answer)
-    result = make_client().load_model(BODY, model_id="m")
+    result = make_client(rng=EdgeRandom()).load_model(BODY, model_id="m")
     assert result.duration_s == 2.5
 
 
@@ -1050,7 +1070,7 @@ def test_gate_is_held_around_every_attempt(
     make_client(gate=gate).load_model(BODY, model_id="m")
     assert gate.calls == [
         ("acquire",),
-        ("release", "retryable", 429),
+        ("release", "retryable", 429, True),  # pacing
         ("acquire",),
         ("release", "retryable", None),
         ("acquire",),
@@ -1082,12 +1102,11 @@ def test_retry_is_logged_once_per_retry(
         ],
     )
     caplog.set_level(logging.INFO, logger="modelsync.api.transport")
-    make_client().load_model(BODY, model_id="majicmix-realistic")
+    make_client(rng=EdgeRandom()).load_model(BODY, model_id="majicmix-realistic")
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert [r.getMessage() for r in infos] == [
         "majicmix-realistic: attempt 1 of 5 failed (HTTP 503 Service Unavailable); retrying in 3 s",
-        "majicmix-realistic: attempt 2 of 5 failed (HTTP 429: Rate limit exceeded); "
-        "retrying in 1.50 s",
+        "majicmix-realistic: rate limited (HTTP 429: Rate limit exceeded); retrying in 1.50 s",
     ]
     assert [getattr(r, "model_id", None) for r in infos] == ["majicmix-realistic"] * 2
 
@@ -1259,7 +1278,8 @@ def test_canary_key_not_in_exception_texts(
     )
     client = new_client(ENDPOINT, CANARY, sleep=clock.sleep, clock=clock, max_attempts=2)
     result = client.load_model(BODY, model_id="m")  # returns, never raises
-    assert "***" in result.message
+    assert "***" in caplog.text  # the detail is logged at debug level, masked
+    assert len(result.message) < 200  # one short line: kind and host
     assert CANARY not in repr(result)
     assert CANARY not in caplog.text
 
@@ -1274,6 +1294,127 @@ def test_canary_key_not_in_redirect_messages(
     client = new_client(ENDPOINT, CANARY, sleep=clock.sleep, clock=clock)
     result = client.load_model(BODY, model_id="m")
     assert evil.call_count == 0
-    assert result.outcome == "failed"
+    assert result.outcome == "redirect"
     assert CANARY not in repr(result)
     assert "https://evil.test/steal?key=***" in result.message
+
+
+# ------------------------------------------------------------ pacing and causes (DESIGN §4)
+
+
+def test_429s_use_no_attempt(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
+) -> None:
+    limited = {"status_code": 429, "json": {"status": "error", "retry_after": 1}}
+    requests_mock.post(ENDPOINT, [limited, limited, limited, {"json": OK}])
+    result = make_client(max_attempts=1).load_model(BODY, model_id="m")
+    assert (result.outcome, result.attempts, result.retryable_failures) == ("submitted", 4, 0)
+    assert len(clock.sleeps) == 3
+
+
+def test_429s_are_bounded_without_a_deadline(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
+) -> None:
+    from modelsync.defaults import MAX_RATE_LIMITED
+
+    requests_mock.post(ENDPOINT, status_code=429, json={"status": "error", "retry_after": 1})
+    result = make_client(max_attempts=1).load_model(BODY, model_id="m")
+    assert (result.outcome, result.cause) == ("failed", "rejected")
+    assert requests_mock.call_count == MAX_RATE_LIMITED
+
+
+def test_spam_filter_wait_is_read_from_its_words(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
+) -> None:
+    spam = {
+        "status": "error",
+        "message": "Rate limit exceeded",
+        "tips": "you are sending same request multiple times, spam filter is enabled, "
+        "please wait for 30 seconds and try again",
+    }
+    requests_mock.post(ENDPOINT, [{"json": spam}, {"json": OK}])
+    result = make_client(rng=EdgeRandom()).load_model(BODY, model_id="m")
+    assert clock.sleeps == [30.0]
+    assert result.outcome == "submitted"
+
+
+@pytest.mark.parametrize(
+    ("answers", "cause"),
+    [
+        ([{"exc": requests.exceptions.ConnectTimeout}] * 2, "never_sent"),
+        ([{"exc": requests.exceptions.ReadTimeout}] * 2, "maybe_reached"),
+        ([{"status_code": 503, "text": ""}] * 2, "maybe_reached"),
+        ([{"status_code": 404, "json": {"status": "error", "message": "nope"}}], "rejected"),
+        ([{"json": {"status": "error", "message": {"url": ["bad url"]}}}], "rejected"),
+        (
+            [{"status_code": 400, "json": {"status": "error", "message": "bad", "code": 400}}],
+            "rejected",
+        ),
+        ([{"json": {"status": "error", "message": "Model id already exists"}}], "conflict"),
+    ],
+    ids=["connect", "read timeout", "503", "404", "error body", "published 400", "exists"],
+)
+def test_each_failure_records_its_cause(
+    requests_mock: rm.Mocker,
+    make_client: Callable[..., LoadModelClient],
+    answers: list[dict[str, Any]],
+    cause: str,
+) -> None:
+    requests_mock.post(ENDPOINT, answers)
+    result = make_client(max_attempts=2).load_model(BODY, model_id="m")
+    assert (result.outcome, result.cause) == ("failed", cause)
+
+
+def test_exists_after_a_reload_is_a_rejection_not_a_conflict(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
+) -> None:
+    requests_mock.post(ENDPOINT, json={"status": "error", "message": "Model id already exists"})
+    result = make_client().load_model({**BODY, "force_load": "yes"}, model_id="m")
+    assert (result.outcome, result.cause) == ("failed", "rejected")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {
+            "status": "error",
+            "message": "Rate limit exceeded",
+            "tips": "you are sending same request multiple times, spam filter is enabled, "
+            "please wait for 3 seconds and try again",
+        },
+        {"status": "failed", "id": "", "message": "Failed, Try Again", "output": ""},
+        {"status": "error", "message": "Rate limit exceeded. Maximum 5 queued requests allowed."},
+    ],
+    ids=["spam filter", "failed try again", "rate limit in words"],
+)
+def test_a_refusal_in_words_is_never_taken_for_a_load(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], answer: dict[str, Any]
+) -> None:
+    # The server said it did not act: the create is retried as a create, never resent with
+    # force_load yes (which would replace a model someone loaded by hand).
+    requests_mock.post(ENDPOINT, [{"json": answer}, {"json": EXISTS}])
+    result = make_client().load_model(BODY, model_id="m", resend_body=RELOAD)
+    assert [r.json()["force_load"] for r in requests_mock.request_history] == ["no", "no"]
+    assert (result.outcome, result.cause, result.resent) == ("failed", "conflict", False)
+
+
+def test_pacing_in_words_uses_no_attempt_and_slows_the_gate(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
+) -> None:
+    limited = {"json": {"status": "error", "message": "Rate limit exceeded", "retry_after": 1}}
+    requests_mock.post(ENDPOINT, [limited, {"json": OK}])
+    gate = RecordingGate()
+    result = make_client(gate=gate, max_attempts=1).load_model(BODY, model_id="m")
+    assert result.outcome == "submitted"
+    assert gate.calls[1] == ("release", "retryable", 200, True)
+
+
+def test_429s_are_not_capped_within_a_deadline(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], clock: FakeClock
+) -> None:
+    from modelsync.defaults import MAX_RATE_LIMITED
+
+    limited = {"status_code": 429, "json": {"status": "error", "retry_after": 1}}
+    requests_mock.post(ENDPOINT, [limited] * (MAX_RATE_LIMITED + 5) + [{"json": OK}])
+    result = make_client(rng=EdgeRandom()).load_model(BODY, model_id="m", deadline=clock.now + 3600)
+    assert (result.outcome, result.attempts) == ("submitted", MAX_RATE_LIMITED + 6)

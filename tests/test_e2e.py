@@ -32,10 +32,12 @@ from modelsync.manifest import load_manifest
 from modelsync.records import State
 from modelsync.sandbox import Sandbox, SandboxConfig
 from modelsync.store.file import read_state
+from tests.helpers import numbered, write_models_manifest
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
+
 KEY = "e2e-sandbox-key-7f3a9c"
 # How long any one child may run before the test gives up on it (a hang is a failure).
 CHILD_TIMEOUT = 90.0
@@ -46,17 +48,7 @@ CHILD_TIMEOUT = 90.0
 
 def write_manifest(path: Path, count: int, prefix: str = "model") -> list[str]:
     """A manifest of ``count`` safetensors models with direct https links; their ids."""
-    ids = [f"{prefix}-{i:03d}" for i in range(count)]
-    lines = ["version: 1", "models:"]
-    for model_id in ids:
-        lines += [
-            f"  - model_id: {model_id}",
-            f"    url: https://models.example.com/files/{model_id}.safetensors",
-            "    model_format: safetensors",
-            "    model_category: stable_diffusion",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return ids
+    return write_models_manifest(path, numbered(count, prefix))
 
 
 def child_env(api_key: str | None = KEY) -> dict[str, str]:
@@ -294,7 +286,13 @@ def test_apply_backs_off_on_429_instead_of_failing_entries(
 
     stats = sandbox.stats()
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    assert report["summary"] == {"submitted": 200, "failed": 0, "skipped": 0, "unchanged": 0}
+    assert report["summary"] == {
+        "submitted": 200,
+        "failed": 0,
+        "conflict": 0,
+        "skipped": 0,
+        "unchanged": 0,
+    }
     assert stats["rejected_429"] > 0, stats
     # The gate learns the limit: the first burst (at most 16 - 5 = 11 refused) and a few
     # probes of the refused level, not a 429 every time the workers asleep in a backoff

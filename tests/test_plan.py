@@ -104,7 +104,14 @@ def test_plan_create_when_the_model_is_not_in_the_state() -> None:
     assert change.spec is a
     assert change.previous is None
     assert change.submits
-    assert plan.summary == {"create": 1, "update": 0, "retry": 0, "unchanged": 0, "orphan": 0}
+    assert plan.summary == {
+        "create": 1,
+        "update": 0,
+        "retry": 0,
+        "conflict": 0,
+        "unchanged": 0,
+        "orphan": 0,
+    }
 
 
 def test_plan_update_lists_each_changed_field_before_and_after() -> None:
@@ -202,7 +209,14 @@ def test_plan_summary_counts_every_action() -> None:
         "o2": record(spec("o2")),
     }
     plan = make_plan(manifest(*specs, upd, ret1, ret2, same), state(records))
-    assert plan.summary == {"create": 3, "update": 1, "retry": 2, "unchanged": 1, "orphan": 2}
+    assert plan.summary == {
+        "create": 3,
+        "update": 1,
+        "retry": 2,
+        "conflict": 0,
+        "unchanged": 1,
+        "orphan": 2,
+    }
     assert [c.model_id for c in plan.to_submit] == ["c0", "c1", "c2", "u", "r1", "r2"]
     assert plan.has_changes
 
@@ -210,7 +224,14 @@ def test_plan_summary_counts_every_action() -> None:
 def test_plan_with_only_unchanged_and_orphans_has_no_changes() -> None:
     a = spec("a")
     plan = make_plan(manifest(a), state({"a": record(a), "gone": record(spec("gone"))}))
-    assert plan.summary == {"create": 0, "update": 0, "retry": 0, "unchanged": 1, "orphan": 1}
+    assert plan.summary == {
+        "create": 0,
+        "update": 0,
+        "retry": 0,
+        "conflict": 0,
+        "unchanged": 1,
+        "orphan": 1,
+    }
     assert plan.to_submit == ()
     assert not plan.has_changes
 
@@ -218,7 +239,14 @@ def test_plan_with_only_unchanged_and_orphans_has_no_changes() -> None:
 def test_plan_of_an_empty_manifest_and_no_state_is_empty() -> None:
     plan = make_plan(manifest(), state())
     assert plan.changes == ()
-    assert plan.summary == {"create": 0, "update": 0, "retry": 0, "unchanged": 0, "orphan": 0}
+    assert plan.summary == {
+        "create": 0,
+        "update": 0,
+        "retry": 0,
+        "conflict": 0,
+        "unchanged": 0,
+        "orphan": 0,
+    }
     assert not plan.has_changes
 
 
@@ -300,6 +328,7 @@ def test_plan_selection_picks_a_subset_and_drops_orphans(
         "create": len(expected),
         "update": 0,
         "retry": 0,
+        "conflict": 0,
         "unchanged": 0,
         "orphan": 0,
     }
@@ -553,3 +582,72 @@ def test_fingerprint_of_a_manifest_ignores_key_order_labels_and_force_load(
     b = load_manifest(second, {}).models[0]
     assert (a.force_load, b.force_load) == (None, "yes")
     assert a.fingerprint == b.fingerprint
+
+
+# ------------------------------------------------------- causes, retries and conflicts (§4)
+
+
+def failed(of: ModelSpec, cause: str | None, *, submitted_before: bool = False) -> ModelRecord:
+    """A failed record of ``of`` with a cause (None: a state written before causes)."""
+    base = record(of, "failed")
+    return dataclasses.replace(
+        base,
+        cause=cause,  # type: ignore[arg-type]
+        submitted_at="2026-11-25T10:00:00Z" if submitted_before else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cause", "submitted_before", "force_load"),
+    [
+        ("maybe_reached", False, "yes"),  # our own request may have created it
+        ("never_sent", False, "no"),  # a create that never left: still a create
+        ("rejected", False, "no"),  # a create the server refused: still a create
+        ("never_sent", True, "yes"),  # an update that never left: still an update
+        ("rejected", True, "yes"),
+        (None, False, "yes"),  # a record from before causes: as 0.1 did
+    ],
+)
+def test_plan_retry_sends_what_its_cause_calls_for(
+    cause: str | None, submitted_before: bool, force_load: str
+) -> None:
+    s = spec()
+    plan = make_plan(
+        manifest(s), state({"m1": failed(s, cause, submitted_before=submitted_before)})
+    )
+    (change,) = plan.changes
+    assert (change.action, change.force_load) == ("retry", force_load)
+
+
+def test_plan_retry_after_pending_sends_yes() -> None:
+    s = spec()
+    plan = make_plan(manifest(s), state({"m1": record(s, "pending")}))
+    assert [(c.action, c.force_load) for c in plan.changes] == [("retry", "yes")]
+
+
+def test_plan_conflict_is_never_retried_on_its_own() -> None:
+    s = spec()
+    plan = make_plan(manifest(s), state({"m1": failed(s, "conflict")}))
+    (change,) = plan.changes
+    assert (change.action, change.force_load, change.submits) == ("conflict", None, False)
+    assert plan.to_submit == ()
+    assert plan.has_changes  # a decision is waiting: --detailed-exitcode says 2
+    assert plan.summary["conflict"] == 1
+
+
+def test_plan_conflict_with_force_load_no_written_stays_a_conflict() -> None:
+    s = spec(force_load="no")
+    plan = make_plan(manifest(s), state({"m1": failed(s, "conflict")}))
+    assert [c.action for c in plan.changes] == ["conflict"]
+
+
+def test_plan_conflict_is_replaced_only_when_the_manifest_says_force_load_yes() -> None:
+    s = spec(force_load="yes")
+    plan = make_plan(manifest(s), state({"m1": failed(s, "conflict")}))
+    assert [(c.action, c.force_load) for c in plan.changes] == [("retry", "yes")]
+
+
+def test_plan_an_explicit_force_load_wins_over_the_cause() -> None:
+    s = spec(force_load="no")
+    plan = make_plan(manifest(s), state({"m1": failed(s, "maybe_reached")}))
+    assert [(c.action, c.force_load) for c in plan.changes] == [("retry", "no")]

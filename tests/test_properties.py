@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from modelsync import manifest as manifest_module
+from modelsync.api.retry import RetryPolicy
 from modelsync.commands.apply import apply
 from modelsync.commands.plan import plan
 from modelsync.controls import StopFlag
@@ -36,8 +37,8 @@ from modelsync.runner import ApplyOptions
 from modelsync.settings import ClientOptions, Settings
 from modelsync.store.file import StateStore
 from modelsync.yamlio import YamlDate
+from tests.helpers import ENDPOINT
 
-ENDPOINT = "https://api.test/api/v3/load_model"
 KEY = "test-key-1b9e3c7a0d42"
 TOKEN = "tok-9f8e7d6c5b4a"
 ENV = {"CIVITAI_TOKEN": TOKEN, "MODELSYNC_API_KEY": KEY}
@@ -361,6 +362,7 @@ def test_load_manifest_any_text_is_a_manifest_or_a_manifest_error(folder: Path, 
     load_or_error(path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     document=valid_documents(),
@@ -429,6 +431,7 @@ def runs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, tuple[str, bool]], 
     return document, state, draw(st.booleans())
 
 
+@pytest.mark.slow
 @FEW
 @given(run=runs(), flaky=st.booleans())
 def test_plan_apply_plan_leaves_nothing_to_do(
@@ -444,7 +447,7 @@ def test_plan_apply_plan_leaves_nothing_to_do(
         str(manifest_path),
         endpoint=ENDPOINT,
         state=str(state_path),
-        client=ClientOptions(max_attempts=3),
+        client=ClientOptions(RetryPolicy(max_attempts=3)),
         command="modelsync apply (test)",
         env={**ENV, "MODELSYNC_API_KEY": KEY},
     )
@@ -532,6 +535,7 @@ def jsonschema_accepts(document: dict[str, Any]) -> bool:
     return bool(schemafile._validator().is_valid(document))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(model=near_valid_models())
 def test_fast_model_check_never_accepts_what_jsonschema_rejects(model: dict[str, Any]) -> None:
@@ -540,6 +544,7 @@ def test_fast_model_check_never_accepts_what_jsonschema_rejects(model: dict[str,
         assert jsonschema_accepts({"version": 1, "models": [model]}), model
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     document=valid_documents(max_models=1),

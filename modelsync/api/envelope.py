@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from modelsync.redact import redact, redact_json
 
-Kind = Literal["submitted", "retryable", "failed", "auth", "account"]
+Kind = Literal["submitted", "retryable", "failed", "auth", "account", "redirect"]
 
 # A load_model answer is a few hundred bytes; reading more would only let a broken
 # proxy or a hostile server fill memory. A longer body is classified as cut short.
@@ -35,6 +35,8 @@ _SNIPPET_WINDOW = 8192
 
 _SECONDS_RE = re.compile(r"\d+(?:\.\d+)?")
 _SPACES_RE = re.compile(r"\s+")
+# The spam filter names its wait in words: "please wait for 30 seconds and try again".
+_WAIT_WORDS_RE = re.compile(r"\bwait(?: for)? (\d{1,5}(?:\.\d+)?) ?(?:s|secs?|seconds?)\b")
 
 # Phrases are matched on lower-cased text where `_`/`-` became spaces, so
 # "Invalid Api Key", "invalid_api_key" and "INVALID-API-KEY" all match.
@@ -45,13 +47,13 @@ _ACCOUNT_PHRASES = (
     "not enough credit",
     "out of credit",
 )
-_RETRY_PHRASES = (
+_PACING_PHRASES = (
     "rate limit",
-    "try again",
     "too many requests",
     "spam filter",
     "same request multiple times",
 )
+_RETRY_PHRASES = ("try again", *_PACING_PHRASES)
 EXISTS_PHRASES = (
     "already exist",
     "already loaded",
@@ -73,13 +75,21 @@ class Verdict:
     response: Mapping[str, Any] | None
     # True only when the request certainly never reached the server (no connection).
     unsent: bool = False
+    aborted: str | None = None  # why this transport ended the attempt itself, if it did
+    # The server asks to slow down (a 429, a rate limit or spam filter in words): pacing,
+    # which uses no attempt and says nothing about the API being down.
+    pacing: bool = False
+    # The server said in its own words that it did not act ("Failed, Try Again").
+    declined: bool = False
 
     @property
     def may_have_loaded(self) -> bool:
         """True when the server may have acted on the request although it did not say so."""
-        # A 429 is refused before the queue; every other unclear answer (a connection
+        # Refusals in words and pacing did not act; every other unclear answer (a connection
         # dropped after sending, a read timeout, a 5xx, an unreadable 200) may hide a load.
-        return self.kind == "retryable" and not self.unsent and self.http_status != 429
+        return (
+            self.kind == "retryable" and not self.unsent and not self.pacing and not self.declined
+        )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -248,10 +258,22 @@ def classify(
     retry_after = parse_retry_after(header(headers, "retry-after"), now_epoch=now)
     if retry_after is None and answer.obj is not None:
         retry_after = parse_retry_after(answer.obj.get("retry_after"), now_epoch=now)
+    if retry_after is None:
+        named = _WAIT_WORDS_RE.search(answer.words)
+        retry_after = float(named.group(1)) if named else None
     response = masker.json(answer.obj) if answer.obj is not None else None
 
     def verdict(kind: Kind, message: str) -> Verdict:
-        return Verdict(kind, status_code, clip(masker.text(message)), retry_after, response)
+        retryable = kind == "retryable"
+        return Verdict(
+            kind,
+            status_code,
+            clip(masker.text(message)),
+            retry_after,
+            response,
+            pacing=retryable and (status_code == 429 or says(answer.words, _PACING_PHRASES)),
+            declined=retryable and status_code < 500 and answer.status_word in ("error", "failed"),
+        )
 
     for rule in (_by_status, _by_words, _by_shape):
         found = rule(answer, headers, body, masker)
@@ -288,7 +310,7 @@ _Found = tuple[Kind, str] | None
 def _by_status(a: _Answer, headers: Mapping[str, str], _body: bytes, masker: Masker) -> _Found:
     """What the HTTP status alone decides."""
     if 300 <= a.status < 400:
-        return "failed", _redirect_message(a.status, header(headers, "location"), masker.text)
+        return "redirect", _redirect_message(a.status, header(headers, "location"), masker.text)
     if a.status in (401, 403):
         reason = "the API key was refused" if a.status == 401 else "not allowed for this key"
         return "auth", a.described or f"{a.label}: {reason}"

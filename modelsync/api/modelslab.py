@@ -8,12 +8,15 @@ may have loaded the model, and the hint when a model id already exists.
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from modelsync.api.envelope import EXISTS_PHRASES, Verdict, classify, normalize, says
-from modelsync.api.transport import CallResult, Transport
+from modelsync.api.retry import CallResult
+from modelsync.api.transport import Transport
+from modelsync.records import Cause
 
 LOAD_MODEL_PATH = "/api/v3/load_model"
 
@@ -86,28 +89,31 @@ class ModelsLab:
         )
         if result.answered == "failed" and says(normalize(result.message), EXISTS_PHRASES):
             sent = resend if result.resent and resend is not None else payload
-            hint = exists_hint(model_id, sent.get("force_load"), result.uncertain)
-            result = _with_message(result, hint)
+            force_load = sent.get("force_load")
+            hint = exists_hint(model_id, force_load, result.uncertain)
+            # Sent with force_load no and refused as existing: a model of this id is on the
+            # account and this run did not put it there. Never retried on our own initiative.
+            cause: Cause = "rejected"
+            if force_load == "no":
+                cause = "maybe_reached" if result.uncertain else "conflict"
+            result = dataclasses.replace(result, message=hint, cause=cause)
         return result
 
 
-def _with_message(result: CallResult, message: str) -> CallResult:
-    return CallResult(**{**result.__dict__, "message": message})
-
-
 def exists_hint(model_id: str, force_load: Any, uncertain: bool = False) -> str:
-    """What to do when the account already has a model of this id."""
+    """What a "model id already exists" answer means for this request."""
     if force_load == "yes":
         return (
             f"model id '{model_id}' already exists on the account and was not reloaded "
-            f"even with force_load: yes: run 'modelsync state adopt {model_id}' to record it"
+            "even with force_load: yes; if it is the right model, adopt it (modelsync state "
+            "adopt)"
         )
-    maybe_ours = (
-        " (an earlier attempt of this run may have loaded it before its answer was lost)"
-        if uncertain
-        else ""
-    )
+    if uncertain:
+        return (
+            f"model id '{model_id}' already exists on the account; an earlier attempt of this "
+            "run may have loaded it before its answer was lost, so the next apply retries it"
+        )
     return (
-        f"model id '{model_id}' already exists on the account{maybe_ours}: run 'modelsync "
-        f"state adopt {model_id}' to record it, or set force_load: yes to reload it"
+        f"model id '{model_id}' already exists on the account and modelsync did not put it "
+        "there: not replaced"
     )

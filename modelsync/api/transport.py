@@ -1,20 +1,21 @@
-"""The one HTTP client: a pooled session, timeouts, redirects, and the explicit retry loop.
+"""The one HTTP client: a pooled session, timeouts, redirects; retries by :mod:`.retry`.
 
 :class:`Transport` knows nothing of load_model: it POSTs a JSON payload to a URL,
-classifies each answer with the function it is given, and retries what the verdict
-says can be retried (full-jitter backoff, Retry-After, a deadline, a stop flag, the
-runner's gate around every attempt). Retries are this loop, not urllib3's ``Retry``:
-they are counted, logged, paced, and visible to requests-mock in tests (STYLE §7).
+classifies each answer with the function it is given, holds the runner's gate around
+every attempt, bounds each attempt's total time and can abandon what is in flight
+(:mod:`.inflight`). :class:`~.retry.RetryLoop` retries what the verdict says can be
+retried; retries are that loop, not urllib3's ``Retry``: they are counted, logged,
+paced, and visible to requests-mock in tests (STYLE §7).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import requests
@@ -31,42 +32,9 @@ from modelsync.api.envelope import (
     header,
     http_label,
 )
+from modelsync.api.inflight import InFlight, Watchdog, tracking_pools
+from modelsync.api.retry import CallResult, Classify, RetryLoop, RetryPolicy, fmt_seconds
 from modelsync.redact import Redactor, redact, redact_json
-
-Outcome = Literal["submitted", "failed", "auth", "account", "stopped", "deadline"]
-Classify = Callable[[int, bytes, Mapping[str, str]], Verdict]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How many attempts, how long to wait between them, and how long to trust the server."""
-
-    max_attempts: int = defaults.MAX_ATTEMPTS
-    max_retry_after: float = defaults.MAX_RETRY_AFTER_S
-    backoff_base: float = defaults.BACKOFF_BASE_S
-    backoff_cap: float = defaults.BACKOFF_CAP_S
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if min(self.max_retry_after, self.backoff_base, self.backoff_cap) < 0:
-            raise ValueError("max_retry_after and backoff must not be negative")
-
-
-@dataclass(frozen=True)
-class CallResult:
-    """What happened to one call after all its attempts."""
-
-    outcome: Outcome
-    attempts: int
-    http_status: int | None
-    message: str
-    response: Mapping[str, Any] | None
-    duration_s: float
-    retryable_failures: int
-    resent: bool = False  # the last attempt sent the resend payload
-    uncertain: bool = False  # an attempt may have been acted on although it did not say so
-    answered: str | None = None  # the kind of the last answer, when it settled the call
 
 
 class AttemptGate(Protocol):
@@ -74,14 +42,14 @@ class AttemptGate(Protocol):
 
     def acquire(self) -> None: ...
 
-    def release(self, verdict_kind: str, http_status: int | None) -> None: ...
+    def release(self, verdict_kind: str, http_status: int | None, pacing: bool = False) -> None: ...
 
 
 class _NoGate:
     def acquire(self) -> None:
         return None
 
-    def release(self, verdict_kind: str, http_status: int | None) -> None:
+    def release(self, verdict_kind: str, http_status: int | None, pacing: bool = False) -> None:
         return None
 
 
@@ -96,23 +64,6 @@ class _KeyMasker:
 
     def json(self, value: Any) -> Any:
         return self._own.json(redact_json(value))
-
-
-def fmt_seconds(seconds: float) -> str:
-    """``2`` or ``2.50``: seconds as people read them."""
-    return f"{seconds:.0f}" if float(seconds).is_integer() else f"{seconds:.2f}"
-
-
-def attempt_count(n: int) -> str:
-    """``1 attempt``, ``2 attempts``."""
-    return f"{n} attempt" if n == 1 else f"{n} attempts"
-
-
-def reason(verdict: Verdict) -> str:
-    """A verdict's message with its HTTP status, once."""
-    if verdict.http_status is None or f"HTTP {verdict.http_status}" in verdict.message:
-        return verdict.message
-    return f"HTTP {verdict.http_status}: {verdict.message}"
 
 
 class Transport:
@@ -137,12 +88,18 @@ class Transport:
         if min(connect_timeout, read_timeout) < 0:
             raise ValueError("timeouts must not be negative")
         self.masker = _KeyMasker(secret)
+        self.inflight = InFlight()
+        self._watchdog = Watchdog(lambda ident: self.inflight.abort(ident, "limit"))
+        # The total time one attempt may take: connecting, then the whole answer.
+        self.attempt_limit = connect_timeout + read_timeout
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
             # Room for ~16 worker threads on one host. No urllib3 Retry (max_retries=0):
             # retries are the explicit loop in call().
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+            # Connections that say when a request starts, so that it can be aborted.
+            adapter.poolmanager.pool_classes_by_scheme = tracking_pools(self.inflight)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             if pin_to is not None:
@@ -169,6 +126,10 @@ class Transport:
     def scrub(self, text: str) -> str:
         """Mask every secret (the key included) in ``text``."""
         return self.masker.text(text)
+
+    def jitter(self, share: float) -> float:
+        """A random share in [0, ``share``]."""
+        return self._rng.uniform(0.0, share)
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter wait after the failed attempt with 0-based index ``attempt``."""
@@ -197,20 +158,49 @@ class Transport:
         ``resend_payload`` replaces ``payload`` for the attempts after one that may have
         been acted on unannounced (``Verdict.may_have_loaded``).
         """
-        loop = _Loop(self, url, payload, classify, label, should_stop, deadline, resend_payload)
+        loop = RetryLoop(self, url, payload, classify, label, should_stop, deadline, resend_payload)
         return loop.run(on_retry)
 
     # ------------------------------------------------------------------ one attempt
 
+    def abort_all(self, why: str) -> None:
+        """Abandon every request in flight now, and start no attempt after this."""
+        self.inflight.abort_all(why)
+
     def attempt(self, url: str, payload: Mapping[str, Any], classify: Classify) -> Verdict:
-        """One attempt: POST, follow same-origin 307/308 (at most MAX_REDIRECTS), classify."""
+        """One attempt within its total time limit (see :mod:`.inflight`)."""
+        entry = self._watchdog.arm(self.attempt_limit, threading.get_ident())
+        aborted = None
+        try:
+            verdict = self._attempt(url, payload, classify)
+        finally:
+            self._watchdog.disarm(entry)
+            aborted = self.inflight.done()
+        if aborted is not None and verdict.kind != "submitted":
+            verdict = self._aborted_verdict(url, aborted, verdict)
+        return verdict
+
+    def _aborted_verdict(self, url: str, why: str, verdict: Verdict) -> Verdict:
+        host = _host(url)
+        if why == "limit":
+            message = (
+                f"no complete answer within {fmt_seconds(self.attempt_limit)} s ({host}); "
+                "it may have reached the server"
+            )
+        else:
+            message = f"abandoned in flight ({why}); it may have reached the server ({host})"
+        self.log(defaults.LOG_VERBOSE, "%s: %s", message, verdict.message)
+        return Verdict("retryable", None, message, None, None, aborted=why)
+
+    def _attempt(self, url: str, payload: Mapping[str, Any], classify: Classify) -> Verdict:
+        """POST, follow same-origin 307/308 (at most MAX_REDIRECTS), classify."""
         start_url = url
         hops = 0
         while True:
             try:
                 status, content, headers = self._post(url, payload)
             except requests.RequestException as exc:
-                return self._transport_verdict(exc)
+                return self._transport_verdict(exc, url)
             location = header(headers, "location")
             if location is None or not 300 <= status < 400:
                 return classify(status, content, headers)
@@ -221,7 +211,7 @@ class Transport:
                         f"more than {MAX_REDIRECTS} redirects from {start_url}: "
                         "check target.endpoint / --endpoint"
                     )
-                    return Verdict("failed", status, self.scrub(message), None, None)
+                    return Verdict("redirect", status, self.scrub(message), None, None)
                 # 307/308 keep method and body: the same POST goes to the new path.
                 hops += 1
                 url = target
@@ -234,7 +224,7 @@ class Transport:
                     f"{shown}: not followed, the request and the API key were not sent "
                     "there; if the API moved, update target.endpoint / --endpoint"
                 )
-                return Verdict("failed", status, message, None, None)
+                return Verdict("redirect", status, message, None, None)
             # Classify with the absolute location, so the message names a usable URL.
             absolute = {k: v for k, v in headers.items() if k.lower() != "location"}
             absolute["Location"] = target
@@ -275,38 +265,14 @@ class Transport:
         finally:
             response.close()
 
-    def _transport_verdict(self, exc: requests.RequestException) -> Verdict:
-        kind: Literal["retryable", "failed"] = "retryable"
-        # Refused or timed out while connecting: the request never left this machine.
-        cause = getattr(exc.args[0], "reason", None) if exc.args else None
-        unsent = isinstance(cause, urllib3.exceptions.NewConnectionError)
-        if isinstance(
-            exc,
-            requests.exceptions.InvalidURL
-            | requests.exceptions.MissingSchema
-            | requests.exceptions.InvalidSchema
-            | requests.exceptions.InvalidHeader
-            | requests.exceptions.URLRequired,
-        ):
-            # A bad endpoint will not heal by waiting.
-            kind, label = "failed", "cannot send the request (check target.endpoint / --endpoint)"
-        elif isinstance(exc, requests.exceptions.ConnectTimeout):
-            label = f"connect timeout: no connection within {fmt_seconds(self._timeout[0])} s"
-            unsent = True
-        elif isinstance(exc, requests.exceptions.ReadTimeout):
-            label = f"read timeout: no answer within {fmt_seconds(self._timeout[1])} s"
-        elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
-            label = "connection broken while reading the answer"
-        elif isinstance(exc, requests.exceptions.ConnectionError):
-            label = "connection error"
-        else:
-            label = "request error"
+    def _transport_verdict(self, exc: requests.RequestException, url: str) -> Verdict:
+        """A transport error in one short line (kind and host); the rest at ``-v``."""
+        label, kind, unsent = _transport_label(exc, self._timeout)
         # Exception texts carry URLs (and whatever a proxy put there): redact them.
-        detail = clip(self.scrub(str(exc)), 300)
-        message = f"{label} ({type(exc).__name__}): {detail}" if detail else label
-        return Verdict(kind, None, message, None, None, unsent=unsent)
+        self.log(defaults.LOG_VERBOSE, "%s: %s", label, self.scrub(str(exc)))
+        return Verdict(kind, None, f"{label} ({_host(url)})", None, None, unsent=unsent)
 
-    # ------------------------------------------------------------------ used by _Loop
+    # ------------------------------------------------------------------ used by RetryLoop
 
     def gated_attempt(
         self,
@@ -315,181 +281,85 @@ class Transport:
         classify: Classify,
         should_stop: Callable[[], bool],
         deadline: float | None,
+        *,
+        started: Callable[[], None] = lambda: None,
     ) -> Verdict | Literal["stopped", "deadline"]:
         """One attempt inside the gate; "stopped"/"deadline" when it may no longer start."""
         self._gate.acquire()
         # What the gate hears if the attempt raises.
         gate_kind: str = "failed"
         gate_status: int | None = None
+        pacing = False
         try:
             # acquire() can block for long when the runner lowered its concurrency:
             # a stop or the deadline may have come meanwhile, and nothing may start then.
             # The gate then hears "stopped"/"deadline": no request was sent.
-            if should_stop():
+            if should_stop() or self.inflight.abandoned.is_set():
                 gate_kind = "stopped"
                 return "stopped"
             if deadline is not None and self.clock() >= deadline:
                 gate_kind = "deadline"
                 return "deadline"
+            started()
             verdict = self.attempt(url, payload, classify)
-            gate_kind, gate_status = verdict.kind, verdict.http_status
+            gate_kind, gate_status, pacing = verdict.kind, verdict.http_status, verdict.pacing
             return verdict
         finally:
-            self._gate.release(gate_kind, gate_status)
+            if pacing:
+                self._gate.release(gate_kind, gate_status, pacing=True)
+            else:
+                self._gate.release(gate_kind, gate_status)
 
-    def log(self, level: int, message: str, *args: Any, label: str) -> None:
-        """A log line about the call named ``label`` (a model id)."""
-        self._logger.log(level, message, *args, extra={"model_id": label})
+    def log(self, level: int, message: str, *args: Any, label: str | None = None) -> None:
+        """A log line, about the call named ``label`` (a model id) when given."""
+        extra = {"model_id": label} if label is not None else None
+        self._logger.log(level, message, *args, extra=extra)
 
     def sleep(self, seconds: float) -> None:
         """Wait before the next attempt (the sleep given at construction)."""
         self._sleep(seconds)
 
 
-class _Loop:
-    """The attempts of one call: the state the retry loop carries between them."""
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).hostname or "?"
 
-    def __init__(
-        self,
-        transport: Transport,
-        url: str,
-        payload: Mapping[str, Any],
-        classify: Classify,
-        label: str,
-        should_stop: Callable[[], bool],
-        deadline: float | None,
-        resend_payload: Mapping[str, Any] | None,
-    ) -> None:
-        self.t = transport
-        self.url = url
-        self.payload = payload
-        self.classify = classify
-        self.label = label
-        self.should_stop = should_stop
-        self.deadline = deadline
-        self.resend_payload = resend_payload
-        self.start = transport.clock()
-        self.attempts = 0
-        self.retryable_failures = 0
-        self.uncertain = False
-        self.resent = False
-        self.last: Verdict | None = None
 
-    def finish(self, outcome: Outcome, message: str, answered: str | None = None) -> CallResult:
-        last = self.last
-        return CallResult(
-            outcome=outcome,
-            attempts=self.attempts,
-            http_status=last.http_status if last else None,
-            message=clip(self.t.scrub(message)),
-            response=last.response if last else None,
-            duration_s=self.t.clock() - self.start,
-            retryable_failures=self.retryable_failures,
-            resent=self.resent,
-            uncertain=self.uncertain,
-            answered=answered,
+def _transport_label(
+    exc: requests.RequestException, timeout: tuple[float, float]
+) -> tuple[str, Literal["retryable", "failed"], bool]:
+    """What went wrong, whether it can heal by waiting, and whether the request never left."""
+    if isinstance(
+        exc,
+        requests.exceptions.InvalidURL
+        | requests.exceptions.MissingSchema
+        | requests.exceptions.InvalidSchema
+        | requests.exceptions.InvalidHeader
+        | requests.exceptions.URLRequired,
+    ):
+        # A bad endpoint will not heal by waiting.
+        return "cannot send the request (check target.endpoint / --endpoint)", "failed", True
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return (
+            f"connect timeout: no connection within {fmt_seconds(timeout[0])} s",
+            "retryable",
+            True,
         )
-
-    def after_last(self, prefix: str) -> str:
-        if self.last is None:
-            return f"{prefix} before the request was sent"
-        return f"{prefix} after {attempt_count(self.attempts)}; last: {reason(self.last)}"
-
-    def run(self, on_retry: Callable[[int, Verdict, float], None] | None) -> CallResult:
-        policy = self.t.policy
-        for attempt in range(policy.max_attempts):
-            if self.should_stop():
-                return self.finish("stopped", self.after_last("stopped"))
-            if self.deadline is not None and self.t.clock() >= self.deadline:
-                return self.finish("deadline", self.after_last("deadline reached"))
-            got = self.t.gated_attempt(
-                self.url, self.payload, self.classify, self.should_stop, self.deadline
-            )
-            if got == "stopped":
-                return self.finish("stopped", self.after_last("stopped"))
-            if got == "deadline":
-                return self.finish("deadline", self.after_last("deadline reached"))
-            self.attempts += 1
-            self.last = got
-            self.t.log(
-                logging.DEBUG,
-                "%s: attempt %d: %s: %s",
-                self.label,
-                self.attempts,
-                got.kind,
-                reason(got),
-                label=self.label,
-            )
-            if got.kind != "retryable":
-                return self.finish(got.kind, got.message, answered=got.kind)
-            # Retryable. 429 is pacing (the gate slows down), not a sign the API is down.
-            if got.http_status != 429:
-                self.retryable_failures += 1
-            self.uncertain = self.uncertain or got.may_have_loaded
-            if attempt + 1 >= policy.max_attempts:
-                break
-            ended = self.wait_before_retry(attempt, got, on_retry)
-            if ended is not None:
-                return ended
-        assert self.last is not None  # the loop ran at least once and only breaks after one
-        last = self.last
-        return self.finish(
-            "failed", f"gave up after {attempt_count(self.attempts)}: {last.message}"
-        )
-
-    def wait_before_retry(
-        self,
-        attempt: int,
-        verdict: Verdict,
-        on_retry: Callable[[int, Verdict, float], None] | None,
-    ) -> CallResult | None:
-        """Sleep before the next attempt; a CallResult when the call ends here instead."""
-        policy = self.t.policy
-        if verdict.retry_after is not None:
-            if verdict.retry_after > policy.max_retry_after:
-                # Waiting that long would hold a worker for nothing: fail now,
-                # the next run retries the entry.
-                return self.finish(
-                    "failed",
-                    f"the server asked to wait {fmt_seconds(verdict.retry_after)} s "
-                    f"before retrying, more than --max-retry-after "
-                    f"{fmt_seconds(policy.max_retry_after)} s: not retried in this run "
-                    f"(last: {reason(verdict)})",
-                )
-            wait = verdict.retry_after
-        else:
-            wait = self.t.backoff(attempt)
-        if self.deadline is not None and self.t.clock() + wait > self.deadline:
-            return self.finish(
-                "deadline",
-                f"deadline reached: the next attempt would start after it "
-                f"(wait {fmt_seconds(wait)} s) after {attempt_count(self.attempts)}; "
-                f"last: {reason(verdict)}",
-            )
-        note = ""
-        switch_to = self.resend_payload if self.uncertain and not self.resent else None
-        if switch_to is not None:
-            self.payload = switch_to
-            self.resent = True
-            note = (
-                f", with force_load: {switch_to.get('force_load')} since the failed "
-                "attempt may have loaded the model"
-            )
-        self.t.log(
-            logging.INFO,
-            "%s: attempt %d of %d failed (%s); retrying in %s s%s",
-            self.label,
-            self.attempts,
-            policy.max_attempts,
-            reason(verdict),
-            fmt_seconds(wait),
-            note,
-            label=self.label,
-        )
-        if on_retry is not None:
-            on_retry(self.attempts, verdict, wait)
-        self.t.sleep(wait)
-        return None
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return f"read timeout: no answer within {fmt_seconds(timeout[1])} s", "retryable", False
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "connection broken while reading the answer", "retryable", False
+    # Refused or unresolvable: the request never left this machine.
+    cause = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):
+        text = str(cause).lower()
+        if "resolution" in text or "name or service" in text or "nodename" in text:
+            return "name resolution failed", "retryable", True
+        if "refused" in text:
+            return "connection refused", "retryable", True
+        return "cannot connect", "retryable", True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection error", "retryable", False
+    return "request error", "retryable", False
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -48,7 +48,7 @@ def _sandboxed(settings: Settings) -> Iterator[_Run]:
     """An in-process sandbox, with its own state beside the real one."""
     from modelsync.sandbox import Sandbox, SandboxConfig
 
-    sandbox = Sandbox(SandboxConfig(api_key=defaults.SANDBOX_KEY, load_seconds=5.0))
+    sandbox = Sandbox(SandboxConfig(load_seconds=defaults.SANDBOX_APPLY_LOAD_SECONDS))
     sandbox.start()
     try:
         backend = settings.open_state().for_sandbox(defaults.SANDBOX_ENDPOINT)

@@ -1,6 +1,6 @@
 """The manifest: ``load_manifest(path) -> Manifest`` and the schema it is checked against.
 
-The pipeline is in :mod:`.load`; :mod:`.schema` holds the shipped JSON Schema,
+The pipeline is in :mod:`.load`; :mod:`.schemafile` holds the shipped JSON Schema,
 :mod:`.fastcheck` the fast path that spares a valid manifest jsonschema,
 :mod:`.messages` the wording of every problem, :mod:`.checks` what the schema cannot say
 and the ``${VAR}`` interpolation.

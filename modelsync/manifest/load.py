@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from modelsync.defaults import DEFAULT_API_KEY_ENV
+from modelsync.defaults import DEFAULT_API_KEY_ENV, MODEL_DEFAULTS
 from modelsync.errors import Diagnostic
 from modelsync.manifest.checks import _check_semantics, _interpolate
 from modelsync.manifest.fastcheck import _fast_check
@@ -26,8 +26,6 @@ from modelsync.manifest.messages import _report_schema_error, _Reporter
 from modelsync.manifest.schemafile import _validator
 from modelsync.records import ModelSpec
 from modelsync.yamlio import LoadedYaml, describe_yaml_type, load_yaml_file
-
-_BUILTIN_DEFAULTS = {"revision": "fp16", "model_visibility": "private", "hf_upload": "no"}
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def _build(
     default_labels = defaults.get("labels") or {}
     specs: list[ModelSpec] = []
     for index, model in enumerate(data["models"]):
-        merged = {**_BUILTIN_DEFAULTS, **defaults, **model}
+        merged = {**MODEL_DEFAULTS, **defaults, **model}
         force_load = merged.get("force_load")
         labels = {**default_labels, **(model.get("labels") or {})}
         specs.append(

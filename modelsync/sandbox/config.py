@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelsync import defaults
 from modelsync.errors import ExitCode, ModelsyncError, UsageError
 
 _RATES = ("fail_rate", "reset_rate", "garbage_rate")
@@ -20,13 +21,13 @@ class SandboxError(ModelsyncError):
 class SandboxConfig:
     """How the sandbox behaves: address, key, timing, limits and injected faults."""
 
-    host: str = "127.0.0.1"
+    host: str = defaults.SANDBOX_HOST
     port: int = 0  # 0 = a free port
-    api_key: str = "sandbox"
+    api_key: str = defaults.SANDBOX_KEY
     latency_ms: float = 0.0
-    load_seconds: float = 2.0
-    max_queued: int = 10
-    retry_after: int = 1
+    load_seconds: float = defaults.SANDBOX_LOAD_SECONDS
+    max_queued: int = defaults.SANDBOX_MAX_QUEUED
+    retry_after: int = defaults.SANDBOX_RETRY_AFTER_S
     fail_rate: float = 0.0
     reset_rate: float = 0.0
     garbage_rate: float = 0.0

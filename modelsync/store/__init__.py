@@ -17,6 +17,7 @@ imports a database driver. A second backend is one new module and one registry l
 from __future__ import annotations
 
 import importlib
+import urllib.parse
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -92,15 +93,27 @@ def _scheme(location: str) -> str:
     return head.lower() if sep and head.isalpha() else "file"
 
 
+def mask_url(location: str) -> str:
+    """A state URL as it may be shown: its password, if any, masked."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.password is None:
+        return location
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def open_state(location: str | None, *, manifest_path: str | Path, endpoint: str) -> StateBackend:
     """The backend for a ``--state`` value (a path or a URL); None: the default file."""
     text = location if location else str(default_location(manifest_path))
     scheme = _scheme(text)
+    if scheme == "file" and text.lower().startswith("file://"):
+        text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
     target = _BACKENDS.get(scheme)
     if target is None:
-        known = ", ".join(sorted(s for s in _BACKENDS if s != "file"))
+        known = "".join(f", {s}://" for s in sorted(_BACKENDS) if s != "file")
         raise StateError(
-            f"--state {text!r}: no state backend for '{scheme}://' (a path, or one of: {known})"
+            f"--state {mask_url(text)!r}: no state backend for '{scheme}://' "
+            f"(give a file path{known})"
         )
     module_name, _, factory_name = target.partition(":")
     module = importlib.import_module(module_name)
