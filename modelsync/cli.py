@@ -18,6 +18,8 @@ from modelsync import __version__, defaults, output
 from modelsync.errors import ExitCode, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
+# An option, or several, as one decorator (annotated: cli_state imports them in a cycle).
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 _VERBOSE = {"flag": 0}
 
@@ -113,12 +115,14 @@ def _MANY(metavar: str) -> dict[str, Any]:
 
 
 _TEXT_JSON = click.Choice(["text", "json"])
-_OUTPUT = _opt("--output", _TEXT_JSON, "text", _HELP["output"], param_decls=["-o", "output_format"])
-_TARGET = _options(
+_OUTPUT: Decorator = _opt(
+    "--output", _TEXT_JSON, "text", _HELP["output"], param_decls=["-o", "output_format"]
+)
+_TARGET: Decorator = _options(
     _opt("--state", None, None, _HELP["state"], metavar="PATH"),
     _opt("--endpoint", None, None, _HELP["endpoint"], metavar="URL"),
 )
-_SELECTION = _options(
+_SELECTION: Decorator = _options(
     _opt("--only", None, (), "Only these model ids (glob; repeatable).", **_MANY("ID")),
     _opt("--exclude", None, (), "Skip these model ids (glob; repeatable).", **_MANY("ID")),
     _opt("--selector", None, (), _HELP["selector"], param_decls=["-l"], **_MANY("KEY=VALUE")),
@@ -302,104 +306,6 @@ def apply(
     return int(applied.exit_code)
 
 
-# --------------------------------------------------------------------------- state
-
-
-@cli.group()
-def state() -> None:
-    """Inspect or edit the state: what modelsync has submitted.
-
-    \b
-    Examples:
-      modelsync state list manifests/prod.yaml
-      modelsync state show majicmix-realistic manifests/prod.yaml
-      modelsync state rm old-model manifests/prod.yaml
-      modelsync state adopt hand-loaded-model manifests/prod.yaml
-    """
-
-
-@state.command("list")
-@click.argument("manifest", type=click.Path())
-@_TARGET
-@_OUTPUT
-def state_list(manifest: str, output_format: str, **options: Any) -> int:
-    """List the models in the state, with their status. Read-only.
-
-    \b
-    Example:
-      modelsync state list manifests/prod.yaml
-    """
-    from modelsync.commands import state as commands
-
-    current = commands.read(_settings(manifest, options))
-    if output_format == "json":
-        click.echo(output.dump_json(commands.describe(current)))
-    else:
-        click.echo(output.render_state_list(current))
-    return 0
-
-
-@state.command("show")
-@click.argument("model_id")
-@click.argument("manifest", type=click.Path())
-@_TARGET
-def state_show(model_id: str, manifest: str, **options: Any) -> int:
-    """Show one model's record (JSON), as the state holds it. Read-only.
-
-    \b
-    Example:
-      modelsync state show majicmix-realistic manifests/prod.yaml
-    """
-    from modelsync.commands import state as commands
-
-    record = commands.show(_settings(manifest, options), model_id)
-    click.echo(output.dump_json({model_id: record.to_json()}))
-    return 0
-
-
-def _state_edit(name: str, done: str, doc: str) -> None:
-    """``state rm`` and ``state adopt``: the same options, one call, one line of output."""
-
-    @state.command(name, help=doc)
-    @click.argument("model_ids", nargs=-1, required=True, metavar="ID...")
-    @click.argument("manifest", type=click.Path())
-    @_TARGET
-    @_lock_timeout("Wait this long for another run's state lock.")
-    def edit(model_ids: Sequence[str], manifest: str, **options: Any) -> int:
-        from modelsync.commands import state as commands
-
-        changed = getattr(commands, name)(_settings(manifest, options), model_ids)
-        click.echo(f"{done}: {', '.join(changed)}")
-        return 0
-
-
-_state_edit(
-    "rm",
-    "Removed from the state",
-    """Drop models from the state. Nothing is deleted on the account.
-
-    The next apply creates them again if they are still in the manifest.
-
-    \b
-    Example:
-      modelsync state rm old-model other-model manifests/prod.yaml
-    """,
-)
-_state_edit(
-    "adopt",
-    "Adopted into the state",
-    """Record models that already exist on the account as submitted, sending nothing.
-
-    For models loaded by hand before modelsync: add them to the manifest as they are
-    on the account, then adopt them so apply does not load them again.
-
-    \b
-    Example:
-      modelsync state adopt majicmix-realistic manifests/prod.yaml
-    """,
-)
-
-
 # --------------------------------------------------------------------------- sandbox
 
 
@@ -446,3 +352,10 @@ def sandbox(request_log: str | None, **config: Any) -> int:
     log_path = Path(request_log) if request_log else None
     serve_forever(SandboxConfig(request_log=log_path, **config), ready=ready)
     return 0
+
+
+# The state command group lives beside this module; registered last, once the shared
+# options above exist.
+from modelsync.cli_state import state  # noqa: E402
+
+cli.add_command(state)

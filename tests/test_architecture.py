@@ -36,7 +36,9 @@ MAX_MODULE_LINES = 500
 MAX_CLI_LINES = 450
 MAX_COMPLEXITY = 20
 # The skin: the only modules that may import click (DESIGN: core modules never do).
-CLICK_MODULES = {"cli.py", "error_handler.py", "output.py"}
+CLICK_MODULES = {"cli.py", "cli_state.py", "error_handler.py", "output.py"}
+# The command line, one module per command group: each is wiring, options -> one call.
+CLI_MODULES = ("cli.py", "cli_state.py")
 SUBPACKAGES = {"api", "commands", "manifest", "sandbox", "store", "yamlio"}
 
 
@@ -66,11 +68,12 @@ def test_modules_are_at_most_500_lines() -> None:
 
 
 def test_cli_is_at_most_450_lines() -> None:
-    lines = line_count(PACKAGE / "cli.py")
-    assert lines <= MAX_CLI_LINES, (
-        f"modelsync/cli.py has {lines} lines (at most {MAX_CLI_LINES}): cli.py is wiring;"
-        " move the work into modelsync/commands/"
-    )
+    for module in CLI_MODULES:
+        lines = line_count(PACKAGE / module)
+        assert lines <= MAX_CLI_LINES, (
+            f"modelsync/{module} has {lines} lines (at most {MAX_CLI_LINES}): the command"
+            " line is wiring; move the work into modelsync/commands/"
+        )
 
 
 # --------------------------------------------------------------------------- complexity
