@@ -59,14 +59,14 @@ def write_manifest(path: Path, count: int) -> list[str]:
                 f"    url: https://huggingface.co/org-{i % 89}/lora-{i}"
                 "/resolve/main/lora.safetensors",
                 "    model_format: safetensors",
-                "    model_category: lora",
+                "    model_category: stable_diffusion_xl",
                 "    model_subcategory: lora",
             ]
         else:
             lines += [
-                f"    url: https://downloads.example.com/vae/vae-{i}.ckpt",
+                f"    url: https://downloads.example.com/checkpoints/model-{i}.ckpt",
                 "    model_format: ckpt",
-                "    model_category: vae",
+                "    model_category: stable_diffusion",
                 "    revision: fp32",
             ]
         lines += [

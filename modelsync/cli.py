@@ -94,6 +94,9 @@ _HELP = {
     "load_seconds": "How long a model stays 'loading' before 'model_ready'.",
     "max_queued": "More requests in flight than this get 429 with retry_after.",
     "request_log": "Write a JSON line per request received (key masked).",
+    "legacy_errors": "Answer errors in the older styles a client must also read: bad parameters "
+    "and a missing key in HTTP 200 bodies, object messages, the 'messege' spelling (default: "
+    "the published HTTP 400/401 {status, message, code}).",
     "output": "text for people, json for pipelines (on stdout).",
     "state": "State file (default: .modelsync/<manifest stem>.state.json beside the manifest; "
     "or MODELSYNC_STATE).",
@@ -104,6 +107,8 @@ _HELP = {
     "report": "Also write the JSON report to FILE.",
     "latency": "Added to every load_model answer.",
     "retry_after": "retry_after in 429 answers.",
+    "strict": "Treat the manifest's warnings (deprecated categories, suspicious links) as "
+    "errors: exit 3, send nothing.",
     "selector": "Only models whose labels match key=value or key!=value (repeatable).",
     "color": "Colour in text output; NO_COLOR in the environment means never.",
     "log_format": "Logs on stderr as text lines or as one JSON object per line.",
@@ -127,6 +132,7 @@ _SELECTION: Decorator = _options(
     _opt("--exclude", None, (), "Skip these model ids (glob; repeatable).", **_MANY("ID")),
     _opt("--selector", None, (), _HELP["selector"], param_decls=["-l"], **_MANY("KEY=VALUE")),
     _OUTPUT,
+    _flag("--strict", _HELP["strict"]),
 )
 
 
@@ -187,7 +193,8 @@ def _print_plan(plan: Any, manifest: str, state: str, output_format: str) -> Non
 
 @cli.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=True))
-def validate(manifests: Sequence[str]) -> int:
+@_flag("--strict", _HELP["strict"])
+def validate(manifests: Sequence[str], strict: bool) -> int:
     """Check manifests and print every problem, with file:line:column and the fix.
 
     \b
@@ -197,7 +204,8 @@ def validate(manifests: Sequence[str]) -> int:
     """
     from modelsync.commands.validate import validate as run
 
-    results = [output.print_checked(c, quiet=_globals().verbosity < 0) for c in run(manifests)]
+    quiet = _globals().verbosity < 0
+    results = [output.print_checked(c, quiet=quiet) for c in run(manifests, strict=strict)]
     return int(ExitCode.MANIFEST if not all(results) else ExitCode.OK)
 
 
@@ -328,6 +336,7 @@ def apply(
 @_rate("--garbage-rate", "Probability of a 200 with an unreadable body.")
 @_opt("--seed", int, None, "Seed for the fault draws (repeatable runs).")
 @_opt("--request-log", click.Path(dir_okay=False), None, _HELP["request_log"], metavar="FILE")
+@_flag("--legacy-errors", _HELP["legacy_errors"])
 def sandbox(request_log: str | None, **config: Any) -> int:
     """Run a local API sandbox that behaves like the load_model API family.
 

@@ -49,6 +49,7 @@ class Settings:
     lock_timeout: float = defaults.LOCK_TIMEOUT_S
     client: ClientOptions = field(default_factory=ClientOptions)
     command: str = "modelsync"  # the command line, to name a lock's holder
+    strict: bool = False  # --strict: the manifest's warnings are errors
     env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
 
     @classmethod
@@ -65,7 +66,7 @@ class Settings:
             tuple(options.pop("exclude", ())),
             parse_selectors(options.pop("selector", ())),
         )
-        fields = ("state", "endpoint", "api_key_file", "lock_timeout")
+        fields = ("state", "endpoint", "api_key_file", "lock_timeout", "strict")
         chosen = {k: options.pop(k) for k in fields if k in options}
         return cls(
             manifest_path,
@@ -78,7 +79,7 @@ class Settings:
     @functools.cached_property
     def manifest(self) -> Manifest:
         """The manifest, validated whole (ManifestError with every problem otherwise)."""
-        return load_manifest(self.manifest_path, self.env)
+        return load_manifest(self.manifest_path, self.env, strict=self.strict)
 
     @property
     def target_endpoint(self) -> str:

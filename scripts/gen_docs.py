@@ -71,6 +71,15 @@ def _value(sub: Mapping[str, Any], defs: Mapping[str, Any], overridden: bool = F
         return _literal(sub["const"])
     if "enum" in sub:
         return ", ".join(_literal(v) for v in sub["enum"])
+    if "anyOf" in sub:
+        return _alternatives(sub["anyOf"], defs)
+    if "allOf" in sub:
+        return "; ".join(_value(part, defs) for part in sub["allOf"])
+    if "if" in sub:
+        return (
+            f"when it matches `{sub['if']['pattern']}`: {_value(sub['then'], defs)}; "
+            f"otherwise: {_value(sub['else'], defs)}"
+        )
     kind = sub.get("type")
     if kind == "array":
         items = sub.get("items", {})
@@ -83,8 +92,8 @@ def _value(sub: Mapping[str, Any], defs: Mapping[str, Any], overridden: bool = F
             names = sub.get("propertyNames", {}).get("pattern")
             return text + (f"; names match `{names}`" if names else "")
         return "mapping (below)"
-    if kind == "string":
-        parts = ["text"]
+    if kind == "string" or (kind is None and ("pattern" in sub or "not" in sub)):
+        parts = ["text"] if kind else []
         low, high = sub.get("minLength"), sub.get("maxLength")
         if low is not None and high is not None:
             parts.append(f"{low}-{high} characters")
@@ -100,6 +109,16 @@ def _value(sub: Mapping[str, Any], defs: Mapping[str, Any], overridden: bool = F
             parts.append("form depends on `model_format` (below)")
         return ", ".join(parts)
     return "any"  # pragma: no cover - every field of the schema has a type, enum or const
+
+
+def _alternatives(branches: Sequence[Mapping[str, Any]], defs: Mapping[str, Any]) -> str:
+    """An anyOf of values (the current ones, then the deprecated ones), in words."""
+    current = [_value(b, defs) for b in branches if not b.get("deprecated")]
+    deprecated = [_value(b, defs) for b in branches if b.get("deprecated")]
+    text = ", ".join(current)
+    if deprecated:
+        text += "; deprecated, accepted with a warning: " + ", ".join(deprecated)
+    return text
 
 
 def _conditional_fields(obj: Mapping[str, Any]) -> set[str]:
@@ -135,9 +154,24 @@ def _conditional_rules(obj: Mapping[str, Any], defs: Mapping[str, Any]) -> list[
     for branch, lead in (("then", f"When {when}"), ("else", "Otherwise")):
         for name, sub in obj.get(branch, {}).get("properties", {}).items():
             target = _resolve(sub, defs)
-            lines.append(
-                f"- {lead}, `{name}` is {_value(target, defs)}. {target.get('description', '')}"
-            )
+            description = target.get("description", "")
+            if "if" in target:  # a form that depends on the value itself: one line per form
+                lines.append(f"- {lead}, `{name}` takes two forms. {description}")
+                lines += _value_forms(target, defs)
+                continue
+            lines.append(f"- {lead}, `{name}` is {_value(target, defs)}. {description}")
+    return lines
+
+
+def _value_forms(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> list[str]:
+    """The then/else of a value's own if (a pattern), as sub-items."""
+    lines = []
+    for branch, lead in (("then", f"matching `{sub['if']['pattern']}`"), ("else", "otherwise")):
+        form = _resolve(sub[branch], defs)
+        note = form.get("description", "")
+        if "deprecationMessage" in form:
+            note += f" Accepted with a warning: {form['deprecationMessage']}."
+        lines.append(f"  - {lead.capitalize()}: {_value(form, defs)}. {note.strip()}".rstrip())
     return lines
 
 

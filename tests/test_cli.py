@@ -42,8 +42,8 @@ IDS = [
     "majicmix-realistic",
     "sdxl-inpainting",
     "sdxl-lightning-4step-lora",
-    "sdxl-vae-fp16-fix",
-    "easynegative",
+    "sdxl-refiner-v1.0",
+    "flux-realism",
 ]
 KEY = "test-api-key-5d1e"
 SUMMARY_5_CREATES = "Plan: 5 to create, 0 to update, 0 to retry, 0 unchanged, 0 orphaned."
@@ -138,8 +138,8 @@ def test_plan_without_state_shows_five_creates(project: Path, run: Run) -> None:
         "  + majicmix-realistic         create (force_load: no)\n"
         "  + sdxl-inpainting            create (force_load: no)\n"
         "  + sdxl-lightning-4step-lora  create (force_load: no)\n"
-        "  + sdxl-vae-fp16-fix          create (force_load: no)\n"
-        "  + easynegative               create (force_load: no)\n"
+        "  + sdxl-refiner-v1.0          create (force_load: no)\n"
+        "  + flux-realism               create (force_load: no)\n"
         f"{SUMMARY_5_CREATES}\n"
     )
     assert err == ""
@@ -183,14 +183,14 @@ def test_plan_json_without_state_has_the_design_shape(project: Path, run: Run) -
 def _mixed_state() -> None:
     """State with an update, a failed, a pending, an unchanged model and an orphan."""
     s = specs()
-    orphan = submitted(s["easynegative"], model_id="retired-model", url="org/retired")
+    orphan = submitted(s["flux-realism"], model_id="retired-model", url="org/retired")
     with StateStore(STATE, ENDPOINT) as store:
         store.record("majicmix-realistic", submitted(s["majicmix-realistic"]))
         store.record("sdxl-inpainting", submitted(s["sdxl-inpainting"], revision="fp32"))
         store.record(
             "sdxl-lightning-4step-lora", submitted(s["sdxl-lightning-4step-lora"], "failed")
         )
-        store.record("sdxl-vae-fp16-fix", submitted(s["sdxl-vae-fp16-fix"], "pending"))
+        store.record("sdxl-refiner-v1.0", submitted(s["sdxl-refiner-v1.0"], "pending"))
         store.record("retired-model", orphan)
 
 
@@ -202,8 +202,8 @@ def test_plan_text_with_every_action(project: Path, run: Run) -> None:
         "  ~ sdxl-inpainting            update (force_load: yes)\n"
         '      revision: "fp32" → "fp16"\n'
         "  ↻ sdxl-lightning-4step-lora  retry (force_load: yes): HTTP 503: Service Unavailable\n"
-        "  ↻ sdxl-vae-fp16-fix          retry (force_load: yes): last run left it pending\n"
-        "  + easynegative               create (force_load: no)\n"
+        "  ↻ sdxl-refiner-v1.0          retry (force_load: yes): last run left it pending\n"
+        "  + flux-realism               create (force_load: no)\n"
         "  - retired-model              orphan: in the state, not in the manifest;"
         " nothing is deleted remotely\n"
         "Plan: 1 to create, 1 to update, 2 to retry, 1 unchanged, 1 orphaned.\n"
@@ -240,8 +240,8 @@ def test_plan_json_with_every_action(project: Path, run: Run) -> None:
             "force_load": "yes",
             "fields": {},
         },
-        {"model_id": "sdxl-vae-fp16-fix", "action": "retry", "force_load": "yes", "fields": {}},
-        {"model_id": "easynegative", "action": "create", "force_load": "no", "fields": {}},
+        {"model_id": "sdxl-refiner-v1.0", "action": "retry", "force_load": "yes", "fields": {}},
+        {"model_id": "flux-realism", "action": "create", "force_load": "no", "fields": {}},
         {"model_id": "retired-model", "action": "orphan", "force_load": None, "fields": {}},
     ]
 
@@ -251,21 +251,21 @@ def test_plan_json_with_every_action(project: Path, run: Run) -> None:
     [
         (
             ["--only", "sdxl-*"],
-            ["sdxl-inpainting", "sdxl-lightning-4step-lora", "sdxl-vae-fp16-fix"],
+            ["sdxl-inpainting", "sdxl-lightning-4step-lora", "sdxl-refiner-v1.0"],
         ),
-        (["--only", "easy*", "--only", "majic*"], ["majicmix-realistic", "easynegative"]),
-        (["--exclude", "sdxl-*", "--exclude", "easy*"], ["majicmix-realistic"]),
+        (["--only", "flux-r*", "--only", "majic*"], ["majicmix-realistic", "flux-realism"]),
+        (["--exclude", "sdxl-*", "--exclude", "flux-r*"], ["majicmix-realistic"]),
         (["--selector", "team=editing"], ["sdxl-inpainting", "sdxl-lightning-4step-lora"]),
         (["-l", "team!=portraits"], ["sdxl-inpainting", "sdxl-lightning-4step-lora"]),
         (
             ["--selector", "team=portraits,team!=editing", "--exclude", "sdxl-*"],
-            ["majicmix-realistic", "easynegative"],
+            ["majicmix-realistic", "flux-realism"],
         ),
     ],
 )
 def test_plan_subset_options(project: Path, run: Run, args: list[str], shown: list[str]) -> None:
     with StateStore(STATE, ENDPOINT) as store:
-        store.record("retired-model", submitted(specs()["easynegative"], model_id="retired-model"))
+        store.record("retired-model", submitted(specs()["flux-realism"], model_id="retired-model"))
     code, out, err = run("plan", MANIFEST, *args, "-o", "json")
     assert (code, err) == (0, "")
     document = json.loads(out)
@@ -332,7 +332,7 @@ def test_detailed_exitcode_is_0_after_applying_all(
 def test_detailed_exitcode_is_0_with_only_orphans(project: Path, run: Run) -> None:
     assert run("state", "adopt", *IDS, MANIFEST)[0] == 0
     with StateStore(STATE, ENDPOINT) as store:
-        store.record("retired-model", submitted(specs()["easynegative"], model_id="retired-model"))
+        store.record("retired-model", submitted(specs()["flux-realism"], model_id="retired-model"))
     code, out, _ = run("plan", MANIFEST, "--detailed-exitcode")
     assert code == 0  # orphans are reported, but apply has nothing to send
     assert out.endswith("Plan: 0 to create, 0 to update, 0 to retry, 5 unchanged, 1 orphaned.\n")
@@ -378,8 +378,8 @@ def test_usage_error_is_64_never_2(project: Path, run: Run, args: list[str]) -> 
 
 
 def test_apply_dry_run_prints_the_plan(project: Path, run: Run, api: Any) -> None:
-    _, plan_out, _ = run("plan", MANIFEST, "--exclude", "easy*")
-    code, out, _ = run("apply", MANIFEST, "--dry-run", "--exclude", "easy*")
+    _, plan_out, _ = run("plan", MANIFEST, "--exclude", "flux-r*")
+    code, out, _ = run("apply", MANIFEST, "--dry-run", "--exclude", "flux-r*")
     assert code == 0
     assert out == plan_out
     assert api.call_count == 0
@@ -398,7 +398,7 @@ def test_plan_writes_nothing_without_state(project: Path, run: Run) -> None:
 
 def test_plan_writes_nothing_with_a_state_and_backup(project: Path, run: Run) -> None:
     _mixed_state()
-    assert run("state", "adopt", "easynegative", MANIFEST)[0] == 0
+    assert run("state", "adopt", "flux-realism", MANIFEST)[0] == 0
     assert sibling(".backup").exists()
     before = snapshot(project)
     time.sleep(0.01)  # a rewrite would show in the mtimes
@@ -419,8 +419,8 @@ def test_plan_folds_a_leftover_journal_and_writes_nothing(project: Path, run: Ru
         [
             {
                 "op": "put",
-                "model_id": "easynegative",
-                "record": submitted(s["easynegative"]).to_json(),
+                "model_id": "flux-realism",
+                "record": submitted(s["flux-realism"]).to_json(),
             },
             {"op": "del", "model_id": "majicmix-realistic"},
         ],
@@ -438,7 +438,7 @@ def test_plan_folds_a_leftover_journal_and_writes_nothing(project: Path, run: Ru
         "unchanged": 1,
         "orphan": 0,
     }
-    assert "easynegative" not in [c["model_id"] for c in document["changes"]]
+    assert "flux-realism" not in [c["model_id"] for c in document["changes"]]
     assert snapshot(project) == before
 
 
@@ -492,7 +492,7 @@ def _adopted_state(run: Run) -> dict[str, Any]:
 
 def _with_backup(run: Run) -> None:
     _adopted_state(run)
-    assert run("state", "adopt", "easynegative", MANIFEST)[0] == 0
+    assert run("state", "adopt", "flux-realism", MANIFEST)[0] == 0
     assert sibling(".backup").exists()
 
 
@@ -684,8 +684,8 @@ def holder(project: Path) -> Iterator[subprocess.Popen[str]]:
     "command",
     [
         ["apply", MANIFEST],
-        ["state", "adopt", "easynegative", MANIFEST],
-        ["state", "rm", "easynegative", MANIFEST],
+        ["state", "adopt", "flux-realism", MANIFEST],
+        ["state", "rm", "flux-realism", MANIFEST],
     ],
     ids=["apply", "state-adopt", "state-rm"],
 )
@@ -766,9 +766,9 @@ def test_state_list_without_state(project: Path, run: Run) -> None:
 
 
 def test_state_adopt_records_without_a_request(project: Path, run: Run, api: Any, key: str) -> None:
-    code, out, err = run("state", "adopt", "sdxl-inpainting", "easynegative", MANIFEST)
+    code, out, err = run("state", "adopt", "sdxl-inpainting", "flux-realism", MANIFEST)
     assert (code, err) == (0, "")
-    assert out == "Adopted into the state: sdxl-inpainting, easynegative\n"
+    assert out == "Adopted into the state: sdxl-inpainting, flux-realism\n"
     assert api.call_count == 0
 
     code, out, _ = run("state", "show", "sdxl-inpainting", MANIFEST)
@@ -795,7 +795,7 @@ def test_state_adopt_records_without_a_request(project: Path, run: Run, api: Any
     assert [c["model_id"] for c in document["changes"]] == [
         "majicmix-realistic",
         "sdxl-lightning-4step-lora",
-        "sdxl-vae-fp16-fix",
+        "sdxl-refiner-v1.0",
     ]
     assert os.stat(STATE).st_mode & 0o777 == 0o600
 
@@ -804,7 +804,7 @@ def test_state_adopt_of_an_id_not_in_the_manifest_is_a_usage_error(
     project: Path, run: Run, api: Any
 ) -> None:
     before = snapshot(project)
-    code, out, err = run("state", "adopt", "easynegative", "hand-loaded", MANIFEST)
+    code, out, err = run("state", "adopt", "flux-realism", "hand-loaded", MANIFEST)
     assert (code, out) == (64, "")
     assert err == (
         f"Error: 'hand-loaded' is not in {MANIFEST}: add it to the manifest first, "
@@ -832,21 +832,21 @@ def test_state_rm_drops_the_record_and_plan_creates_it_again(
 
 
 def test_state_rm_of_an_id_not_in_the_state_is_a_usage_error(project: Path, run: Run) -> None:
-    assert run("state", "adopt", "easynegative", MANIFEST)[0] == 0
+    assert run("state", "adopt", "flux-realism", MANIFEST)[0] == 0
     before = STATE.read_bytes()
-    code, out, err = run("state", "rm", "easynegative", "nope", MANIFEST)
+    code, out, err = run("state", "rm", "flux-realism", "nope", MANIFEST)
     assert (code, out) == (64, "")
     assert err == f"Error: not in the state {STATE}: nope (see 'modelsync state list')\n"
     assert STATE.read_bytes() == before
 
 
 def test_state_show_prints_the_record_json(project: Path, run: Run) -> None:
-    record = submitted(specs()["easynegative"], "failed")
+    record = submitted(specs()["flux-realism"], "failed")
     with StateStore(STATE, ENDPOINT) as store:
-        store.record("easynegative", record)
-    code, out, err = run("state", "show", "easynegative", MANIFEST)
+        store.record("flux-realism", record)
+    code, out, err = run("state", "show", "flux-realism", MANIFEST)
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"easynegative": record.to_json()}
+    assert json.loads(out) == {"flux-realism": record.to_json()}
 
 
 def test_state_show_of_an_unknown_id_is_a_usage_error(project: Path, run: Run) -> None:
@@ -867,7 +867,7 @@ def test_state_list_shows_each_model(project: Path, run: Run) -> None:
             "majicmix-realistic",
             "sdxl-inpainting",
             "sdxl-lightning-4step-lora",
-            "sdxl-vae-fp16-fix",
+            "sdxl-refiner-v1.0",
             "retired-model",
         ]
     )
@@ -1013,7 +1013,7 @@ def test_color_always_colours_the_apply_summary_even_when_piped(
 ) -> None:
     code, out, _ = run("--color", "always", "apply", MANIFEST)
     assert code == 0
-    assert f"{ESC}32m  + easynegative " in out
+    assert f"{ESC}32m  + flux-realism " in out
     assert "Apply: 5 submitted, 0 failed, 0 skipped, 0 unchanged." in out
     assert f"{ESC}32m{ESC}1mApply: 5 submitted" in out
 
@@ -1135,8 +1135,8 @@ def _all_adopted(project: Path) -> None:
         (_nothing, ["plan", "manifests/missing.yaml"], 3),
         (_bad_state, ["plan", MANIFEST], 4),
         (_bad_state, ["state", "list", MANIFEST], 4),
-        (_bad_state, ["state", "show", "easynegative", MANIFEST], 4),
-        (_bad_state, ["state", "rm", "easynegative", MANIFEST], 4),
+        (_bad_state, ["state", "show", "flux-realism", MANIFEST], 4),
+        (_bad_state, ["state", "rm", "flux-realism", MANIFEST], 4),
         (_nothing, ["apply", MANIFEST], 5),  # no API key: nothing sent
         (_nothing, ["plan"], 64),
         (_nothing, ["plan", MANIFEST, "--lock-timeout", "1"], 64),

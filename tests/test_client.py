@@ -1418,3 +1418,17 @@ def test_429s_are_not_capped_within_a_deadline(
     requests_mock.post(ENDPOINT, [limited] * (MAX_RATE_LIMITED + 5) + [{"json": OK}])
     result = make_client(rng=EdgeRandom()).load_model(BODY, model_id="m", deadline=clock.now + 3600)
     assert (result.outcome, result.attempts) == ("submitted", MAX_RATE_LIMITED + 6)
+
+
+def test_numbers_json_cannot_carry_are_kept_as_text() -> None:
+    body = b'{"status": "success", "message": "ok", "eta": 1e999, "x": NaN, "y": -Infinity}'
+    verdict = classify(200, body, {})
+    assert verdict.kind == "submitted"
+    assert verdict.response == {
+        "status": "success",
+        "message": "ok",
+        "eta": "1e999",
+        "x": "NaN",
+        "y": "-Infinity",
+    }
+    json.dumps(verdict.response, allow_nan=False)  # storable in the state

@@ -48,8 +48,11 @@ def test_reference_lists_every_field_of_the_schema() -> None:
     fields += [*schema["properties"]["target"]["properties"]]
     for name in fields:
         assert f"| `{name}` |" in reference, name
-    for category in schema["$defs"]["model"]["properties"]["model_category"]["enum"]:
-        assert f"`{category}`" in reference
+    category = schema["$defs"]["model"]["properties"]["model_category"]
+    values = [v for branch in category["anyOf"] for v in branch.get("enum", [branch.get("const")])]
+    assert len(values) == 11
+    for value in values:
+        assert f"`{value}`" in reference
 
 
 def _copy_docs(tmp_path: Path) -> Path:

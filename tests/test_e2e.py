@@ -466,6 +466,7 @@ def test_sandbox_command_serves_logs_masked_and_stops_on_sigterm(tmp_path: Path)
             "url": "https://models.example.com/files/e2e.safetensors",
             "model_format": "safetensors",
             "model_category": "stable_diffusion",
+            "model_visibility": "private",
             "model_name": "E2E",
             "force_load": "no",
         }

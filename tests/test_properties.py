@@ -57,8 +57,13 @@ FEW = settings(
 
 _RUNS = itertools.count()
 FORMATS = ("diffusers", "safetensors", "ckpt")
+# The current categories and the deprecated ones (valid, with a warning).
 CATEGORIES = tuple(
-    manifest_module.schema()["$defs"]["model"]["properties"]["model_category"]["enum"]
+    value
+    for branch in manifest_module.schema()["$defs"]["model"]["properties"]["model_category"][
+        "anyOf"
+    ]
+    for value in branch.get("enum", [branch.get("const")])
 )
 
 
@@ -94,7 +99,7 @@ def valid_models(draw: st.DrawFn) -> dict[str, Any]:
     }
     optional: dict[str, st.SearchStrategy[Any]] = {
         "model_name": st.text(alphabet=string.ascii_letters + " -", min_size=1, max_size=30),
-        "model_subcategory": st.sampled_from(["lora", "lycoris", "sdxl"]),
+        "model_subcategory": st.just("lora"),
         "model_image": st.just("https://cdn.example.com/preview.png"),
         "revision": st.sampled_from(["fp16", "fp32"]),
         "model_visibility": st.sampled_from(["private", "public"]),

@@ -136,13 +136,20 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def _finite(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
 def _parse_body(body: bytes) -> tuple[Any, str | None]:
     """The decoded JSON and None, or None and why the body cannot be read."""
     if not body.strip():
         return None, "empty body"
     text = body.decode("utf-8-sig", errors="replace")
     try:
-        return json.loads(text), None
+        # Numbers JSON cannot carry (1e999, NaN, Infinity) are kept as their text: the
+        # answer is recorded in the state, which must stay valid JSON.
+        return json.loads(text, parse_float=_finite, parse_constant=str), None
     except RecursionError:
         return None, "JSON nested too deeply"
     except ValueError:

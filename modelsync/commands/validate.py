@@ -19,11 +19,16 @@ class Checked:
     error: ManifestError | None
 
 
-def validate(paths: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[Checked]:
-    """Load each manifest in turn; yield its result as soon as it is known."""
+def validate(
+    paths: Sequence[str], env: Mapping[str, str] | None = None, *, strict: bool = False
+) -> Iterator[Checked]:
+    """Load each manifest in turn; yield its result as soon as it is known.
+
+    ``strict`` (``--strict``): warnings are errors, and make a manifest invalid.
+    """
     env = os.environ if env is None else env
     for path in paths:
         try:
-            yield Checked(path, load_manifest(path, env), None)
+            yield Checked(path, load_manifest(path, env, strict=strict), None)
         except ManifestError as exc:
             yield Checked(path, None, exc)

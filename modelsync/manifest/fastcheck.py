@@ -15,9 +15,10 @@ class _FastModelCheck:
 
     jsonschema costs about 150 µs per model; a 10,000-model manifest must validate
     in well under a second. This checks each model against predicates compiled from
-    the model subschema (types, patterns, enums, lengths, required, the url if/then).
-    It only ever says "certainly valid": on any doubt the caller runs jsonschema on
-    the whole document, which also produces the error messages.
+    the model subschema (types, patterns, enums, lengths, required, the url if/then, the
+    anyOf of current and deprecated categories). It only ever says "certainly valid": on
+    any doubt the caller runs jsonschema on the whole document, which also produces the
+    error messages. Deprecated values are valid here: their warnings come from the checks.
     """
 
     def __init__(self, root: Mapping[str, Any]) -> None:
@@ -85,21 +86,8 @@ class _FastModelCheck:
         return closed_mapping
 
     def _compile(self, sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Callable[[Any], bool]:
-        if "$ref" in sub:
-            sub = defs[sub["$ref"].rsplit("/", 1)[-1]]
-        checks: list[Callable[[Any], bool]] = []
-        for key, value in sub.items():
-            if key == "description":
-                continue
-            check = _keyword_check(key, value)
-            if check is None:
-                return _never  # a keyword the fast path does not know: defer to jsonschema
-            checks.append(check)
-
-        def all_checks(v: Any) -> bool:
-            return all(check(v) for check in checks)
-
-        return all_checks
+        """A predicate that says "certainly valid"; ``_never`` where a keyword is unknown."""
+        return _exact(sub, defs) or _never
 
     def __call__(self, model: Any) -> bool:
         if type(model) is not dict or not self.required.issubset(model):
@@ -111,6 +99,82 @@ class _FastModelCheck:
                 return False
         url_check = self.then_url if model[self.if_field] == self.if_value else self.else_url
         return url_check(model["url"])
+
+
+# Keywords that only inform (editors show them); they never change what is valid.
+_ANNOTATIONS = frozenset(
+    {"description", "title", "$comment", "deprecated", "deprecationMessage", "examples"}
+)
+
+
+def _exact(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+    """A predicate that is True only where jsonschema accepts; None if a keyword is unknown."""
+    checks: list[Callable[[Any], bool]] = []
+    for key, value in sub.items():
+        if key in _ANNOTATIONS or key in ("then", "else"):
+            continue
+        if key == "$ref":
+            check = _exact(defs[value.rsplit("/", 1)[-1]], defs)
+        elif key == "if":
+            check = _condition(value, sub.get("then", {}), sub.get("else", {}), defs)
+        elif key in ("anyOf", "allOf"):
+            check = _combined(key, value, defs)
+        else:
+            check = _keyword_check(key, value)
+        if check is None:
+            return None
+        checks.append(check)
+    if len(checks) == 1:
+        return checks[0]
+
+    def all_checks(v: Any) -> bool:
+        return all(check(v) for check in checks)
+
+    return all_checks
+
+
+def _condition(
+    cond: Mapping[str, Any],
+    then: Mapping[str, Any],
+    otherwise: Mapping[str, Any],
+    defs: Mapping[str, Any],
+) -> Callable[[Any], bool] | None:
+    # The condition must say exactly what jsonschema says, or the wrong branch would be
+    # checked: only a pattern is exact (the enum checks are stricter, on purpose).
+    if set(cond) - _ANNOTATIONS != {"pattern"}:
+        return None
+    test, if_true, if_false = (
+        _keyword_check("pattern", cond["pattern"]),
+        _exact(then, defs),
+        _exact(otherwise, defs),
+    )
+    if test is None or if_true is None or if_false is None:
+        return None
+
+    def branch(v: Any) -> bool:
+        return if_true(v) if test(v) else if_false(v)
+
+    return branch
+
+
+def _combined(
+    key: str, branches: list[Mapping[str, Any]], defs: Mapping[str, Any]
+) -> Callable[[Any], bool] | None:
+    # anyOf of values only (model_category: the current enum and one const per deprecated
+    # value) is one set lookup, as fast as a plain enum.
+    if key == "anyOf" and all(set(b) - _ANNOTATIONS in ({"enum"}, {"const"}) for b in branches):
+        values = [v for b in branches for v in (b["enum"] if "enum" in b else [b["const"]])]
+        return _keyword_check("enum", values)
+    compiled = [_exact(b, defs) for b in branches]
+    if any(c is None for c in compiled):
+        return None
+    checks = [c for c in compiled if c is not None]
+    pick = any if key == "anyOf" else all
+
+    def combined(v: Any) -> bool:
+        return pick(check(v) for check in checks)
+
+    return combined
 
 
 def _never(_value: Any) -> bool:

@@ -75,11 +75,17 @@ def _gc_paused() -> Iterator[None]:
 
 
 @_gc_paused()
-def load_manifest(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Manifest:
-    """Run the whole pipeline on ``path``; raise ManifestError with every problem found."""
+def load_manifest(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, strict: bool = False
+) -> Manifest:
+    """Run the whole pipeline on ``path``; raise ManifestError with every problem found.
+
+    Warnings (suspicious but possibly right) are in ``Manifest.warnings``; with ``strict``
+    (``--strict``) they are errors, each saying so.
+    """
     env = os.environ if env is None else env
     loaded = load_yaml_file(Path(path))
-    report = _Reporter(loaded)
+    report = _Reporter(loaded, strict=strict)
     for problem in loaded.problems:
         report.add_at(problem.line, problem.column, problem.path, problem.message)
 
@@ -97,7 +103,6 @@ def load_manifest(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     # fixes everything in one round: the checks run on every model the schema accepted.
     broken: set[int] = set()
     whole_document = False
-    warnings: list[Diagnostic] = []
     for error in _schema_errors(data):
         _report_schema_error(report, data, error)
         where = tuple(error.absolute_path)
@@ -106,13 +111,13 @@ def load_manifest(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         elif where in ((), ("models",)):
             whole_document = True
     if not whole_document:
-        warnings = _check_semantics(report, data, broken)
+        _check_semantics(report, data, broken)
     report.fail_if_any()
 
     resolved = _interpolate(report, data, env)
     report.fail_if_any()
 
-    return _build(loaded.path, data, resolved, loaded, tuple(warnings))
+    return _build(loaded.path, data, resolved, loaded, tuple(sorted(report.warnings)))
 
 
 # --------------------------------------------------------------------------- records

@@ -19,15 +19,24 @@ from modelsync.errors import Diagnostic, ManifestError
 from modelsync.yamlio import LoadedYaml, describe_yaml_type
 
 _YES_NO_FIELDS = ("force_load", "hf_upload")
+_REPO_ID_RULES = (
+    "'namespace/name' with ASCII letters, digits, '-', '_', '.'; each part 1-96 characters, "
+    "no leading or trailing '-' or '.', no '--' or '..', not ending in '.git'"
+)
 _KEY_FIELDS = ("key", "api_key", "apikey")
 
 
 class _Reporter:
-    """Collects diagnostics, naming models by index and id."""
+    """Collects diagnostics (errors) and warnings, naming models by index and id.
 
-    def __init__(self, loaded: LoadedYaml) -> None:
+    With ``strict`` (``--strict``), every warning is an error, saying so.
+    """
+
+    def __init__(self, loaded: LoadedYaml, *, strict: bool = False) -> None:
         self.loaded = loaded
+        self.strict = strict
         self.diagnostics: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
         self._seen: set[Diagnostic] = set()
 
     def _append(self, diagnostic: Diagnostic) -> None:
@@ -76,6 +85,15 @@ class _Reporter:
         where = self.where(path)
         text = f"{where}: {message}" if where else message
         self._append(Diagnostic(self.loaded.path, line, column, text))
+
+    def warn(self, path: Sequence[str | int], message: str) -> None:
+        """Something suspicious that may work: a warning, or an error with --strict."""
+        if self.strict:
+            self.add(path, f"{message} (an error because of --strict)")
+            return
+        pos = self.loaded.position(path)
+        text = f"{self.where(path)}: warning: {message}"
+        self.warnings.append(Diagnostic(self.loaded.path, pos.line, pos.column, text))
 
     def fail_if_any(self) -> None:
         if self.diagnostics:
@@ -147,7 +165,7 @@ def _on_required(report: _Reporter, failure: _Failure) -> None:
         elif name == "version":
             fix = "add 'version: 1' at the top"
         else:
-            choices = error.schema.get("properties", {}).get(name, {}).get("enum")
+            choices = _current_values(error.schema.get("properties", {}).get(name, {}))
             fix = f"add '{name}:'"
             if choices:
                 fix += " with one of " + ", ".join(repr(c) for c in choices)
@@ -177,9 +195,28 @@ def _on_enum(report: _Reporter, failure: _Failure) -> None:
     if failure.field_name in _YES_NO_FIELDS:
         report.add(path, f"{given} is not yes or no; write yes or no")
         return
-    choices = failure.error.validator_value
+    _report_choices(report, failure, [str(c) for c in failure.error.validator_value])
+
+
+def _on_any_of(report: _Reporter, failure: _Failure) -> None:
+    # model_category: the current values, or one of the deprecated ones (which the checks
+    # warn about). The message offers the current values only.
+    if not _reported_form(report, failure):
+        _report_choices(report, failure, _current_values(failure.error.schema))
+
+
+def _report_choices(report: _Reporter, failure: _Failure, choices: list[str]) -> None:
+    path, value = failure.path, failure.value
+    given = _shown_value(report, path, value)
+    hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+    if failure.field_name == "model_subcategory" and choices == ["lora"]:
+        report.add(
+            path,
+            f"{given} is not a subcategory the API publishes, only 'lora' is{hint}; "
+            "for a model that is not a LoRA, remove the line",
+        )
+        return
     shown = ", ".join(repr(c) for c in choices)
-    hint = _did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
     report.add(path, f"{given} is not one of {shown}{hint}")
 
 
@@ -246,6 +283,7 @@ _HANDLERS: dict[str, Callable[[_Reporter, _Failure], None]] = {
     "required": _on_required,
     "type": _on_type,
     "enum": _on_enum,
+    "anyOf": _on_any_of,
     "const": _on_const,
     "not": _on_not,
     "pattern": _on_pattern,
@@ -263,8 +301,23 @@ def _allowed_properties(error: Any) -> list[str]:
 
 
 def _did_you_mean(value: str, choices: Iterable[str]) -> str:
-    match = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    # Case aside: 'LoRA' and 'Private' are near misses of 'lora' and 'private'.
+    folded = {choice.casefold(): choice for choice in choices}
+    match = difflib.get_close_matches(value.casefold(), list(folded), n=1, cutoff=0.6)
+    return f" (did you mean {folded[match[0]]!r}?)" if match else ""
+
+
+def _current_values(sub: Any) -> list[str]:
+    """The values a field's subschema offers: its enum, or its anyOf's not deprecated."""
+    if not isinstance(sub, dict):
+        return []
+    if "enum" in sub:
+        return [str(v) for v in sub["enum"]]
+    values: list[str] = []
+    for branch in sub.get("anyOf", ()):
+        if not branch.get("deprecated"):
+            values += [str(v) for v in branch.get("enum", [branch.get("const")]) if v is not None]
+    return values
 
 
 def _yaml_literal(report: _Reporter, path: Sequence[str | int], value: Any) -> str:
@@ -321,11 +374,7 @@ def _url_message(report: _Reporter, path: Sequence[str | int], value: str) -> st
                 "'org/name', not a link; for a single .safetensors/.ckpt file use "
                 "model_format: safetensors or ckpt"
             )
-        return (
-            f"{value!r} is not a valid Hugging Face repo id: 'namespace/name' with ASCII "
-            "letters, digits, '-', '_', '.'; each part 1-96 characters, no leading or trailing "
-            "'-' or '.', no '--' or '..', not ending in '.git'"
-        )
+        return f"{value!r} is not a valid Hugging Face repo id: {_REPO_ID_RULES}"
     if len(value) > 2048:
         return (
             f"is {len(value)} characters long, more than the 2048 the service accepts; "
@@ -339,11 +388,11 @@ def _url_message(report: _Reporter, path: Sequence[str | int], value: str) -> st
         )
     if re.search(r"\s", value):
         return "contains whitespace; percent-encode spaces as %20"
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", value):
+    file_name = re.search(r"\.(safetensors|ckpt)$", value, re.IGNORECASE)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", value) and not file_name:
         return (
-            f"with model_format {fmt}, url must be an https:// link; {value!r} looks like a "
-            "Hugging Face repo id: use model_format: diffusers, or link the file as "
-            f"https://huggingface.co/{value}/resolve/main/<file>.safetensors"
+            f"with model_format {fmt}, url must be an https:// link to the file; {value!r} is "
+            f"not a valid Hugging Face repo id either: {_REPO_ID_RULES}"
         )
     return f"with model_format {fmt}, url must be an https:// link to the file"
 

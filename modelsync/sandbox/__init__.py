@@ -6,16 +6,33 @@ It serves the paths of API_NOTES.md on 127.0.0.1 (HTTP/1.1, keep-alive):
 - ``POST /api/v4/dreambooth/model_list`` -> a JSON array of the models it holds;
 - ``POST /api/v6/images/model_reload`` (and ``/api/v4/dreambooth/model_reload``).
 
-Any other path is a 404 JSON error; another method on a known path is a 405.
+Any other path is a 404 JSON error; any other method on a known path is a 405 with
+``Allow: POST`` (HEAD without a body).
 
-Envelopes, chosen so that a client meets every style the real service uses:
+load_model bodies are checked against the published request description shipped in
+this package (``load_model_request.json``, :func:`published_request`), never against
+modelsync's own manifest schema: required ``key, url, model_id, model_format,
+model_category, model_visibility, model_name``, every field a non-null string, the
+published enums (historical ``model_category`` values such as ``vae`` or ``lora`` are
+refused, the strict reading, with a message naming the migration), ``model_image`` a URI,
+no other field.
 
-- body not JSON, or not an object -> HTTP 400 ``{"status": "error", "message": "..."}``;
-- ``key`` missing or empty -> HTTP **200** ``{"status": "error", "messege": "Invalid Api Key",
-  "tip": "..."}`` (an error in a 200 body, with the old ``messege`` spelling);
-- ``key`` wrong -> HTTP 401 ``{"status": "error", "message": "Invalid API key"}``;
-- a field missing or invalid -> HTTP 200 with Laravel's object message, every field at once:
-  ``{"status": "error", "message": {"url": ["The url field is required."]}}``;
+Envelopes (:mod:`modelsync.sandbox.reply`), by default the published ones:
+
+- bad parameters -> HTTP 400 ``{"status": "error", "message": "...", "code": 400}``, the
+  message one string naming every field in error;
+- ``key`` missing, empty or wrong -> HTTP 401 ``{"status": "error", "message": "Invalid API
+  key...", "code": 401}`` (checked before the fields);
+- a body that is not JSON in UTF-8, not an object, nested too deeply, or over 1 MiB ->
+  HTTP 400 with the same envelope; never a 500, never a dropped connection;
+- with ``legacy_errors``, the older styles a client must also read: bad parameters in an
+  HTTP **200** body with Laravel's object message
+  (``{"status": "error", "message": {"url": ["The url field is required."]}}``), a missing
+  key as HTTP 200 ``{"status": "error", "messege": "Invalid Api Key", "tip": "..."}``, a
+  wrong key as 401, other errors without ``code``.
+
+In both styles:
+
 - load_model of a ``model_id`` it already holds with ``force_load: "no"`` -> HTTP 200
   ``{"status": "error", "message": "Model id already exists"}``; with ``"yes"`` (the default,
   as in the API's OpenAPI) the model loads again;
@@ -38,11 +55,12 @@ so a seed gives the same fault sequence for the same request sequence. The rates
 - ``garbage_rate`` -> HTTP 200 with an HTML page, an empty body or truncated JSON; the model is
   not recorded.
 
-``request_log`` gets one JSON line per request received, with the key masked
-(:mod:`modelsync.sandbox.log`).
+``request_log`` gets one JSON line per request received, with the key masked; a request
+whose body its client cut off gets one ``client_gone`` line (:mod:`modelsync.sandbox.log`).
 
 Modules: :mod:`~modelsync.sandbox.config` (SandboxConfig, SandboxError),
-:mod:`~modelsync.sandbox.schema` (paths and the request bodies accepted),
+:mod:`~modelsync.sandbox.schema` (paths, the published request description and its check),
+:mod:`~modelsync.sandbox.body` (reading a body, hostile ones included),
 :mod:`~modelsync.sandbox.routes` (the endpoints, models held, counters),
 :mod:`~modelsync.sandbox.faults`, :mod:`~modelsync.sandbox.log` (the request log),
 :mod:`~modelsync.sandbox.reply` and :mod:`~modelsync.sandbox.server` (HTTP, start/stop,
@@ -52,13 +70,15 @@ serve_forever).
 from __future__ import annotations
 
 from modelsync.sandbox.config import SandboxConfig, SandboxError
-from modelsync.sandbox.schema import LOAD_MODEL_PATH
+from modelsync.sandbox.schema import LOAD_MODEL_PATH, RequestDescription, published_request
 from modelsync.sandbox.server import Sandbox, serve_forever
 
 __all__ = [
     "LOAD_MODEL_PATH",
+    "RequestDescription",
     "Sandbox",
     "SandboxConfig",
     "SandboxError",
+    "published_request",
     "serve_forever",
 ]

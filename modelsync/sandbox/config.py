@@ -33,6 +33,9 @@ class SandboxConfig:
     garbage_rate: float = 0.0
     seed: int | None = None
     request_log: Path | None = None
+    # The older error envelopes (errors in HTTP 200 bodies, object messages, ``messege``)
+    # instead of the published 400/401 ``{status, message, code}``: see sandbox.reply.
+    legacy_errors: bool = False
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -1,7 +1,11 @@
 """The request log: one JSON line per request received, with the key masked.
 
 ``{"time", "path", "model_id", "body", "status", "outcome"}``, in a file of mode 0600,
-line-buffered. The key never reaches it: every ``key`` member becomes ``***``, the key sent
+line-buffered, exactly one line per request received. A request whose client went away
+before sending the whole body (fewer bytes than its Content-Length, then end of stream,
+or no byte for the handler's timeout) gets one line too, ``"outcome": "client_gone"``
+with ``status``, ``body`` and ``model_id`` null: it is not answered, and not counted as
+a request. The key never reaches it: every ``key`` member becomes ``***``, the key sent
 and the key accepted are masked wherever else they appear (a short key only where a value
 is the key and nothing else), so are ``token=``/``key=``-like URL query values and the
 process's registered secrets.
@@ -17,11 +21,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from modelsync.redact import Redactor
+from modelsync.sandbox.body import parse
 from modelsync.sandbox.config import SandboxError
 from modelsync.sandbox.reply import Reply
 
 # How much of an unparseable body the log keeps.
 _RAW_CHARS = 4096
+# The outcome of a request whose client went away before its body was complete.
+CLIENT_GONE = "client_gone"
 
 
 def utc_now() -> str:
@@ -71,11 +78,9 @@ class RequestLog:
         if self._file is None:
             return
         if body is None and raw:
-            # Rejected before parsing (429, 404): parse here, off the answer's fast path.
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
+            # Rejected before parsing (429, 404): parse here, off the answer's fast path,
+            # with the same rules (hostile bodies refused, not raised).
+            body, _problem = parse(raw)
         sent_key = body.get("key") if isinstance(body, dict) else None
         redactor = self._redactor
         if isinstance(sent_key, str) and sent_key and sent_key != self._api_key:
@@ -93,6 +98,24 @@ class RequestLog:
             "status": reply.status,
             "outcome": reply.outcome,
         }
+        self._write_line(entry)
+
+    def client_gone(self, path: str) -> None:
+        """Log a request whose body was cut off by its client: no body, no answer."""
+        if self._file is None:
+            return
+        # The partial body is not kept: a key cut in the middle would not be masked.
+        entry = {
+            "time": utc_now(),
+            "path": self._redactor.text(path),
+            "model_id": None,
+            "body": None,
+            "status": None,
+            "outcome": CLIENT_GONE,
+        }
+        self._write_line(entry)
+
+    def _write_line(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, separators=(",", ":")) + "\n"
         with self._lock:
             if self._file is not None:

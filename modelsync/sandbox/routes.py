@@ -7,24 +7,18 @@ request log. The HTTP server in :mod:`modelsync.sandbox.server` calls :meth:`Rou
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from modelsync.sandbox import body as bodies
 from modelsync.sandbox import faults
 from modelsync.sandbox.config import SandboxConfig
 from modelsync.sandbox.log import RequestLog, utc_now
-from modelsync.sandbox.reply import Reply, error_reply, json_reply
-from modelsync.sandbox.schema import (
-    ENDPOINTS,
-    LOAD_MODEL_FIELDS,
-    LOAD_MODEL_REQUIRED,
-    MODEL_RELOAD_REQUIRED,
-    validate,
-)
+from modelsync.sandbox.reply import Envelopes, Reply, json_reply, refused
+from modelsync.sandbox.schema import ENDPOINTS, check_reload, published_request
 
 log = logging.getLogger("modelsync.sandbox")
 
@@ -46,6 +40,7 @@ STAT_NAMES = (
     "resets",
     "garbage",
     "internal_errors",
+    "client_gone",
     "max_in_flight",
 )
 
@@ -106,6 +101,10 @@ class Routes:
         self.counters = Counters()
         # Set while the sandbox runs with --request-log.
         self.request_log: RequestLog | None = None
+        self.replies = Envelopes(config.legacy_errors)
+        self._request = published_request()
+        # The load_model fields a held model keeps (the key is not one of them).
+        self._kept = tuple(name for name in self._request.names if name != "key")
         self._faults = faults.Faults(config)
         self._models_lock = threading.Lock()
         self._models: dict[str, _Held] = {}
@@ -147,34 +146,44 @@ class Routes:
             except Exception:
                 log.exception("sandbox: internal error on %s", path)
                 self.counters.count("internal_errors")
-                reply = error_reply(500, "sandbox internal error", "internal_error")
+                reply = self.replies.error(500, "sandbox internal error", "internal_error")
             # Logged before answering: once a client has its answer, the line is there.
             request_log = self.request_log
             if request_log is not None:
-                request_log.write(path, body, raw, reply)
+                try:
+                    request_log.write(path, body, raw, reply)
+                except Exception:
+                    # A line lost is a bug to see; the client still gets its answer.
+                    log.exception("sandbox: cannot log a request to %s", path)
+                    self.counters.count("internal_errors")
             return reply
         finally:
             self.counters.leave()
+
+    def client_gone(self, path: str) -> None:
+        """Note a request whose client went away before its body was complete."""
+        request_log = self.request_log
+        if request_log is not None:
+            request_log.client_gone(path)
+        # Counted after the line is written: a test that sees the count sees the line.
+        self.counters.count("client_gone")
 
     def _route(self, path: str, raw: bytes, in_flight: int) -> tuple[Any, Reply]:
         endpoint = ENDPOINTS.get(path)
         if endpoint is None:
             self.counters.count("not_found")
-            return None, error_reply(404, f"Not found: {path}", "not_found")
+            return None, self.replies.error(404, f"Not found: {path[:200]}", "not_found")
         self.counters.count(endpoint)
         if in_flight > self.config.max_queued:
             self.counters.count("rejected_429")
             return None, self._rate_limited()
         if endpoint == "load_model" and self.config.latency_ms > 0:
             time.sleep(self.config.latency_ms / 1000.0)
-        try:
-            body = json.loads(raw)
-        except ValueError:
+        body, problem = bodies.parse(raw)
+        if problem is not None or not isinstance(body, dict):
             self.counters.count("bad_requests")
-            return None, error_reply(400, "The request body is not valid JSON.", "bad_json")
-        if not isinstance(body, dict):
-            self.counters.count("bad_requests")
-            return body, error_reply(400, "The request body must be a JSON object.", "bad_json")
+            why = problem or "The request body must be a JSON object."
+            return body, self.replies.error(400, why, "bad_json")
         auth = self._check_key(body)
         if auth is not None:
             return body, auth
@@ -197,31 +206,23 @@ class Routes:
         )
 
     def _check_key(self, body: dict[str, Any]) -> Reply | None:
+        # Checked before the fields: a body with no key and bad fields is a 401.
         key = body.get("key")
         if key is None or key == "":
             self.counters.count("auth_errors")
-            return json_reply(
-                200,
-                {
-                    "status": "error",
-                    "messege": "Invalid Api Key",
-                    "tip": "Send the API key in the JSON body as 'key' "
-                    "(the sandbox accepts the key it was started with, --api-key).",
-                },
-                "auth_missing",
-            )
+            return self.replies.missing_key()
         if key != self.config.api_key:
             self.counters.count("auth_errors")
-            return error_reply(401, "Invalid API key", "auth_invalid")
+            return self.replies.wrong_key()
         return None
 
     # -- the endpoints -----------------------------------------------------------------
 
     def _load_model(self, body: dict[str, Any]) -> Reply:
-        errors = validate(body, LOAD_MODEL_REQUIRED)
+        errors = self._request.check(body, skip=("key",))
         if errors:
             self.counters.count("validation_errors")
-            return error_reply(200, errors, "validation_error")
+            return self.replies.bad_parameters(errors)
         fault, pick = self._faults.draw()
         if fault == "fail":
             self.counters.count("faults_5xx")
@@ -238,7 +239,7 @@ class Routes:
     def _record(self, body: dict[str, Any]) -> Reply:
         model_id: str = body["model_id"]
         force_load = body.get("force_load", "yes")
-        fields = {name: body[name] for name in LOAD_MODEL_FIELDS if name in body}
+        fields = {name: body[name] for name in self._kept if name in body}
         now, stamp = time.monotonic(), utc_now()
         with self._models_lock:
             held = self._models.get(model_id)
@@ -255,7 +256,7 @@ class Routes:
                 self._models[model_id] = held
         if exists:
             self.counters.count("already_exists")
-            return error_reply(200, "Model id already exists", "already_exists")
+            return refused("Model id already exists", "already_exists")
         self.counters.count("accepted")
         return json_reply(200, {"status": "success", "message": "model load started"}, "accepted")
 
@@ -280,10 +281,10 @@ class Routes:
         return json_reply(200, listing, "listed")
 
     def _model_reload(self, body: dict[str, Any]) -> Reply:
-        errors = validate(body, MODEL_RELOAD_REQUIRED)
+        errors = check_reload(body)
         if errors:
             self.counters.count("validation_errors")
-            return error_reply(200, errors, "validation_error")
+            return self.replies.bad_parameters(errors)
         model_id: str = body["model_id"]
         stamp = utc_now()
         with self._models_lock:
@@ -293,6 +294,6 @@ class Routes:
                     held, updated_at=stamp, loaded_at=time.monotonic(), reloads=held.reloads + 1
                 )
         if held is None:
-            return error_reply(200, "Model id not found", "reload_not_found")
+            return refused("Model id not found", "reload_not_found")
         self.counters.count("reloaded")
         return json_reply(200, {"status": "success", "message": "Model reload started"}, "reloaded")

@@ -3,6 +3,15 @@
 HTTP/1.1 with keep-alive. The handler reads a body (refusing chunked, bad or huge
 lengths itself), hands it to :meth:`Routes.handle <modelsync.sandbox.routes.Routes.handle>`
 and writes the answer in one write, or drops the connection for a ``reset`` fault.
+
+- Every method but POST on a known path: 405 with ``Allow: POST`` (HEAD without a body);
+  its body, if any, is read first so the connection stays in step.
+- A body over :data:`~modelsync.sandbox.body.MAX_BODY`: read to its end and dropped (up to
+  :data:`~modelsync.sandbox.body.MAX_DRAIN`), then a 400; the client reads its answer.
+- A body cut off by its client (end of stream before Content-Length bytes, or nothing for
+  the handler's timeout): no answer, one ``client_gone`` line in the request log.
+- A request the stdlib parser refuses (bad request line, headers too long, an unknown
+  method: 501) is answered in JSON too, and logged.
 """
 
 from __future__ import annotations
@@ -20,14 +29,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
 
+from modelsync.sandbox import body as bodies
 from modelsync.sandbox.config import SandboxConfig, SandboxError
 from modelsync.sandbox.log import RequestLog
-from modelsync.sandbox.reply import Reply, error_reply
+from modelsync.sandbox.reply import Envelopes, Reply
 from modelsync.sandbox.routes import Routes
 from modelsync.sandbox.schema import ENDPOINTS, LOAD_MODEL_PATH
 
-# Far above any load_model body; stops a runaway client from filling memory.
-_MAX_BODY = 1024 * 1024
+_ALLOW = (("Allow", "POST"),)
+# Answers that never have a body (RFC 9110).
+_NO_BODY_STATUSES = (204, 304)
+
+
+class _ClientGone(Exception):
+    """The client went away before its request body was complete."""
 
 
 class Sandbox:
@@ -145,6 +160,13 @@ class Sandbox:
     def _handle(self, path: str, raw: bytes | None, early: Reply | None) -> Reply:
         return self._routes.handle(path, raw, early)
 
+    def _client_gone(self, path: str) -> None:
+        self._routes.client_gone(path)
+
+    @property
+    def _replies(self) -> Envelopes:
+        return self._routes.replies
+
 
 def _shutdown_quietly(conn: socket.socket) -> None:
     with contextlib.suppress(OSError):
@@ -177,32 +199,81 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
-        raw, early = self._read_body()
-        reply = self.server.sandbox._handle(path, raw, early)
-        self._send(reply)
+        try:
+            raw, early = self._read_body()
+        except _ClientGone:
+            self._gone(path)
+            return
+        self._send(self.server.sandbox._handle(path, raw, early))
 
     def _not_allowed(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path in ENDPOINTS:
-            early = error_reply(405, f"Method {self.command} not allowed: use POST", "bad_method")
-        else:
-            early = None
+        try:
+            _raw, early = self._read_body()
+        except _ClientGone:
+            self._gone(path)
+            return
+        if early is None and path in ENDPOINTS:
+            message = f"Method {self.command} not allowed: use POST"
+            early = self.server.sandbox._replies.error(405, message, "bad_method", headers=_ALLOW)
         self._send(self.server.sandbox._handle(path, None, early))
 
-    do_GET = do_PUT = do_PATCH = do_DELETE = _not_allowed
+    do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_TRACE = _not_allowed
 
     def _read_body(self) -> tuple[bytes | None, Reply | None]:
+        """The body, or a transport-level answer; :class:`_ClientGone` if it was cut off."""
+        replies = self.server.sandbox._replies
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return None, error_reply(411, "Send a Content-Length.", "bad_length", close=True)
+            return None, replies.error(411, "Send a Content-Length.", "bad_length", close=True)
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
             length = -1
         if length < 0:
-            return None, error_reply(400, "Bad Content-Length.", "bad_length", close=True)
-        if length > _MAX_BODY:
-            return None, error_reply(413, "Request body too large.", "too_large", close=True)
-        return self.rfile.read(length), None
+            return None, replies.error(400, "Bad Content-Length.", "bad_length", close=True)
+        if length > bodies.MAX_BODY:
+            # Read to its end, so the client reads the answer instead of a reset; beyond
+            # MAX_DRAIN the connection is closed after the answer, unread.
+            drained = length <= bodies.MAX_DRAIN
+            if drained:
+                self._drain(length)
+            too_large = bodies.too_large(length)
+            return None, replies.error(400, too_large, "too_large", close=not drained)
+        try:
+            raw = self.rfile.read(length)
+        except OSError as exc:  # a reset, or no byte for `timeout` seconds
+            raise _ClientGone from exc
+        if len(raw) < length:
+            raise _ClientGone
+        return raw, None
+
+    def _drain(self, length: int) -> None:
+        left = length
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, bodies.DRAIN_CHUNK))
+                if not chunk:
+                    raise _ClientGone
+                left -= len(chunk)
+        except OSError as exc:
+            raise _ClientGone from exc
+
+    def _gone(self, path: str) -> None:
+        self.close_connection = True
+        self.server.sandbox._client_gone(path)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib parser's errors (400, 414, 431, 501...), in JSON and logged."""
+        # `command` is set (with `path`) only once the request line was understood.
+        path = self.path.split("?", 1)[0] if getattr(self, "command", None) else ""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        early = self.server.sandbox._replies.error(
+            code, message or phrase, "bad_request", close=True
+        )
+        self._send(self.server.sandbox._handle(path, None, early))
 
     def _send(self, reply: Reply) -> None:
         if reply.status is None:
@@ -214,12 +285,16 @@ class _Handler(BaseHTTPRequestHandler):
             f"Date: {self.date_time_string()}",
             f"Content-Type: {reply.content_type}",
             f"Content-Length: {len(reply.body)}",
+            *(f"{name}: {value}" for name, value in reply.headers),
         ]
         if reply.close:
             head.append("Connection: close")
             self.close_connection = True
+        head_only = getattr(self, "command", None) == "HEAD"
+        with_body = not head_only and reply.status not in _NO_BODY_STATUSES
+        payload = reply.body if with_body else b""
         # One write per answer: a syscall less than send_response + end_headers + body.
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
 
     def _reset(self) -> None:
         self.close_connection = True
