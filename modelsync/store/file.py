@@ -9,7 +9,10 @@ Files, all mode 0600, beside the snapshot ``X.state.json``:
 - ``X.state.json.lock``: the OS lock (flock) that lets one run at a time write the state;
 - ``X.state.json.lock.info``: who holds the lock, only to name them in the "locked" error.
 
-How a snapshot and its journal are read and trusted is in :mod:`modelsync.store.snapshot`.
+A state path given through a symlink (to the file or to a folder above it) is resolved first,
+so every name of one state shares one lock and one journal, and a write replaces the target,
+never the link. How a snapshot and its journal are read and trusted (regular files of at most
+1 GiB, JSON at most 64 deep) is in :mod:`modelsync.store.snapshot`.
 """
 
 from __future__ import annotations
@@ -30,20 +33,25 @@ from modelsync.records import ModelRecord, State
 from modelsync.store import StateWriter, trust
 from modelsync.store.fileio import (
     FILE_MODE,
+    MAX_DEPTH,
+    NotAFile,
     atomic_write,
     backup_path,
+    check_file,
     describe_holder,
     fsync_dir,
     journal_path,
+    json_depth,
     lock_info,
     lock_info_path,
     lock_path,
     make_lock,
     reason,
     remove_temp_files,
+    resolve,
 )
 from modelsync.store.journal import JournalFile, del_line, fold, header_line, put_line
-from modelsync.store.snapshot import dump_snapshot, load
+from modelsync.store.snapshot import dump_snapshot, load, not_a_file
 from modelsync.store.trust import USE_ANOTHER_STATE
 
 _log = logging.getLogger(__name__)
@@ -51,7 +59,8 @@ _log = logging.getLogger(__name__)
 
 def read_state(path: Path, endpoint: str) -> State:
     """Read the state without writing anything or taking the lock (for ``plan``)."""
-    path = Path(path)
+    given, path = Path(path), resolve(Path(path))
+    _check_file(path, given)
     loaded = load(path, endpoint)
     models = dict(loaded.models)
     fold(models, loaded.ops)
@@ -65,6 +74,17 @@ def read_state(path: Path, endpoint: str) -> State:
     )
 
 
+def _check_file(path: Path, given: Path) -> None:
+    # Only stat, and before anything is created beside it (a link to /dev/zero must not
+    # leave a lock file in /dev); what is opened is checked again when it is read.
+    try:
+        check_file(path)
+    except NotAFile as exc:
+        raise not_a_file(path, str(exc), given) from None
+    except OSError:
+        pass  # reported with its cause by the steps that follow
+
+
 def _sandbox_path(path: Path) -> Path:
     name = path.name
     base = name[: -len(".state.json")] if name.endswith(".state.json") else path.stem
@@ -75,7 +95,8 @@ class FileBackend:
     """A state kept in a file (see the module docstring)."""
 
     def __init__(self, location: str | Path, endpoint: str) -> None:
-        self.path = Path(location)
+        self._given = Path(location)
+        self.path = resolve(self._given)
         self.endpoint = endpoint
 
     @property
@@ -85,13 +106,13 @@ class FileBackend:
 
     def read(self) -> State:
         """The state, without the lock and without writing anything."""
-        return read_state(self.path, self.endpoint)
+        return read_state(self._given, self.endpoint)
 
     def open_writer(
         self, *, lock_timeout: float, command: str
     ) -> AbstractContextManager[StateWriter]:
         """Take the lock and open the state to write."""
-        return StateStore(self.path, self.endpoint, lock_timeout=lock_timeout, command=command)
+        return StateStore(self._given, self.endpoint, lock_timeout=lock_timeout, command=command)
 
     def describe_holder(self) -> str:
         """Who holds the lock, from the lock-info file."""
@@ -113,7 +134,9 @@ class StateStore:
         lock_timeout: float = 0.0,
         command: str = "modelsync",
     ) -> None:
-        self._path = Path(path)
+        # Resolved before any path beside it is derived: one state, one lock, whatever its name.
+        self._given = Path(path)
+        self._path = resolve(self._given)
         self._endpoint = endpoint
         self._lock_timeout = max(0.0, float(lock_timeout))
         self._command = command
@@ -134,6 +157,7 @@ class StateStore:
     def __enter__(self) -> StateStore:
         if self._lock is not None:
             raise RuntimeError("a StateStore can be entered only once")
+        _check_file(self._path, self._given)
         self._check_folder()
         self._lock = self._acquire()
         try:
@@ -221,6 +245,9 @@ class StateStore:
         # be read back must not reach the journal.
         frozen = ModelRecord.from_json(data, where=f"record for {model_id!r}")
         line = put_line(model_id, data)
+        if json_depth(line) >= MAX_DEPTH:
+            # The snapshot nests a record one level deeper than its journal line does.
+            raise ValueError(f"record for {model_id!r} is nested too deep to be read back")
         with self._mutex:
             self._check_open()
             self._append(line)

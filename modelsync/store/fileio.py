@@ -1,5 +1,16 @@
-"""File helpers of the file backend: the paths beside a state, durable writes, strict JSON,
-the OS lock and the lock-info file that names its holder."""
+"""File helpers of the file backend: the paths beside a state, reads that never block,
+durable writes, strict JSON, the OS lock and the lock-info file that names its holder.
+
+A state path may be anything a user or an attacker put there (DESIGN §2, last bullet):
+
+- a symlink, or a path through a symlinked folder: :func:`resolve` names the file it points
+  to, and every path beside the state is derived from that, so two names share one lock;
+- a FIFO, a device, a folder or a file of several GiB: :func:`read_file` looks with
+  ``stat`` first, opens with ``O_NONBLOCK`` and checks again with ``fstat``, so it never
+  waits for a writer that will not come, and reads at most :data:`MAX_FILE_BYTES`;
+- JSON nested deep enough to exhaust the interpreter's stack: :func:`loads` measures the
+  depth without recursing before it parses (:data:`MAX_DEPTH`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +21,10 @@ import os
 import re
 import shlex
 import socket
+import stat
 import uuid
 from collections.abc import Iterable, Mapping
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +38,24 @@ from modelsync.store.trust import USE_ANOTHER_STATE
 FILE_MODE = 0o600
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}\.tmp$")
 
+# No state comes near 1 GiB (100,000 models are about 55 MB); a larger "state" is not one.
+MAX_FILE_BYTES = 1 << 30
+# A state nests 3 levels (state, models, record) above a server's answer, which apply cuts
+# at 32 (redact.MAX_JSON_DEPTH); StateStore.record() refuses a record that would not fit.
+MAX_DEPTH = 64
+
 
 # --------------------------------------------------------------------------- paths
+
+
+def resolve(path: Path) -> Path:
+    """The file ``path`` names, symlinks resolved (of the file and of its folders); ``path``
+    itself, as given, when no symlink is involved (messages keep the user's words)."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    # absolute(), not abspath(): ``link/..`` is not the same folder as ``.`` when ``link``
+    # is a symlink, so a path with ``..`` is only kept when nothing needed resolving.
+    return path if path.absolute() == real else real
 
 
 def _sibling(path: Path, suffix: str) -> Path:
@@ -51,6 +80,69 @@ def lock_path(path: Path) -> Path:
 def lock_info_path(path: Path) -> Path:
     """``X.state.json.lock.info``: who holds the lock."""
     return _sibling(path, ".lock.info")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class NotAFile(Exception):
+    """What makes a path unfit to read as a state file, worded to follow ``cannot read X:``."""
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # opening a FIFO without it waits for a writer
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _check_kind(st: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
+        raise NotAFile(f"it is {kind}, not a regular file")
+    if st.st_size > limit:
+        raise NotAFile(f"it is {st.st_size:,} bytes, over the limit of {_size(limit)}")
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 30} GiB" if limit >= 1 << 30 else f"{limit:,} bytes"
+
+
+def check_file(path: Path, limit: int = MAX_FILE_BYTES) -> bool:
+    """Whether ``path`` exists; NotAFile if it is not a regular file of at most ``limit``
+    bytes. Only ``stat``: a FIFO or a device is never opened. Other OSErrors propagate."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    _check_kind(st, limit)
+    return True
+
+
+def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """The bytes of the regular file ``path`` (None if there is none), without ever blocking;
+    NotAFile for anything else or for more than ``limit`` bytes; OSError as raised."""
+    if not check_file(path, limit):
+        return None
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    with open(fd, "rb") as handle:
+        # Checked again on what was opened: the path may have been swapped since the stat.
+        _check_kind(os.fstat(fd), limit)
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise NotAFile(f"it grew over the limit of {_size(limit)} while it was read")
+    return data
 
 
 # --------------------------------------------------------------------------- writing
@@ -125,11 +217,42 @@ def dumps_line(obj: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+class TooDeep(ValueError):
+    """JSON nested deeper than :data:`MAX_DEPTH`: never modelsync's, refused before parsing."""
+
+
+_ALL_BUT_QUOTES_AND_BRACKETS = bytes(b for b in range(256) if b not in b'"[]{}')
+_STEP = tuple(1 if b in b"[{" else -1 for b in range(256))
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep the containers of the JSON text ``raw`` nest, measured without recursion and
+    without parsing; a JSON string cut short at the end (a torn journal line) is ignored."""
+    # Bytes will do: UTF-8 never uses an ASCII byte inside a multi-byte character. Escapes
+    # go first (left to right, as JSON reads them), so every quote left opens or closes a
+    # string; then only quotes and brackets are kept, and two quotes in a row (a string
+    # without brackets) change no byte's side, so they go too before the split.
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = raw.translate(None, _ALL_BUT_QUOTES_AND_BRACKETS).replace(b'""', b"")
+    outside = b"".join(kept.split(b'"')[0::2]) if b'"' in kept else kept
+    return max(accumulate(map(_STEP.__getitem__, outside)), default=0)
+
+
 def loads(raw: bytes) -> Any:
-    """Parse strict JSON: UTF-8, no duplicate keys, no NaN/Infinity; ValueError otherwise."""
+    """Parse strict JSON: UTF-8, no duplicate keys, no NaN/Infinity or numbers beyond them,
+    at most :data:`MAX_DEPTH` deep (:class:`TooDeep`); ValueError otherwise."""
+    if json_depth(raw) > MAX_DEPTH:
+        raise TooDeep(f"nested more than {MAX_DEPTH} levels deep")
     text = raw.decode("utf-8-sig")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
     except json.JSONDecodeError as exc:
         raise ValueError(f"line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
@@ -145,6 +268,21 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        # 1e999 would read as infinity, which no JSON writer (nor the next commit) accepts.
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # Python's limit on digits; its message names a Python setting
+        raise ValueError(f"a number of {len(text):,} digits is too large") from None
 
 
 # --------------------------------------------------------------------------- checks
@@ -188,6 +326,9 @@ def q(path: Path) -> str:
 # --------------------------------------------------------------------------- lock
 
 
+_MAX_INFO_BYTES = 1 << 16  # a lock-info line is about 200 bytes
+
+
 def make_lock(path: Path) -> filelock.BaseFileLock:
     """An OS lock (flock) on ``path``, never a soft lock that would outlive its process."""
     try:
@@ -215,8 +356,9 @@ def lock_info(command: str) -> bytes:
 def describe_holder(info_path: Path) -> str:
     """Name the lock's holder from its lock-info file; ``another process`` if unknown."""
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = read_file(info_path, _MAX_INFO_BYTES)
+        info = loads(raw) if raw is not None else None
+    except (OSError, NotAFile, ValueError):
         return "another process"
     if not isinstance(info, dict):
         return "another process"

@@ -19,7 +19,18 @@ from typing import Any
 
 from modelsync.errors import StateError
 from modelsync.records import ModelRecord, describe_kind
-from modelsync.store.fileio import FILE_MODE, dumps_line, fsync_dir, loads, reason, write_all
+from modelsync.store.fileio import (
+    FILE_MODE,
+    MAX_DEPTH,
+    NotAFile,
+    TooDeep,
+    dumps_line,
+    fsync_dir,
+    loads,
+    read_file,
+    reason,
+    write_all,
+)
 from modelsync.store.trust import FORMAT_VERSION, USE_ANOTHER_STATE
 
 Op = tuple[str, ModelRecord | None]  # (model_id, the record; None: forgotten)
@@ -72,15 +83,19 @@ def del_line(model_id: str) -> bytes:
 def read_journal(journal_path: Path, state_path: Path) -> Journal | None:
     """Read the journal beside ``state_path``; None if there is none."""
     try:
-        with open(journal_path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return None
+        data = read_file(journal_path)
+    except NotAFile as exc:
+        raise StateError(
+            f"cannot read the journal {journal_path} of state {state_path}: {exc}; a journal"
+            f" is a regular file modelsync writes: move {journal_path} away"
+        ) from None
     except OSError as exc:
         raise StateError(
             f"cannot read the journal {journal_path} of state {state_path}: {reason(exc)};"
             f" fix its permissions, or {USE_ANOTHER_STATE}"
         ) from None
+    if data is None:
+        return None
 
     def damaged(lineno: int, problem: str) -> StateError:
         return StateError(
@@ -107,6 +122,9 @@ def _entries(data: bytes, damaged: _Damaged) -> list[tuple[int, Any]]:
     for index, line in enumerate(lines):
         try:
             entries.append((index + 1, loads(line)))
+        except TooDeep:
+            # Not torn: a line cut short is never deeper than the line modelsync wrote.
+            raise damaged(index + 1, f"nested more than {MAX_DEPTH} levels deep") from None
         except ValueError as exc:
             if index == len(lines) - 1:
                 # A torn last line: the process died inside the append, so record() never

@@ -19,7 +19,19 @@ from typing import Any
 from modelsync.errors import StateError
 from modelsync.records import ModelRecord, describe_kind
 from modelsync.store import trust
-from modelsync.store.fileio import backup_path, exists, identity, journal_path, loads, q, reason
+from modelsync.store.fileio import (
+    MAX_DEPTH,
+    NotAFile,
+    TooDeep,
+    backup_path,
+    exists,
+    identity,
+    journal_path,
+    loads,
+    q,
+    read_file,
+    reason,
+)
 from modelsync.store.journal import Journal, Op, read_journal
 from modelsync.store.trust import FORMAT_VERSION, USE_ANOTHER_STATE, Untrusted
 
@@ -108,15 +120,26 @@ def _journal_ops(path: Path, journal: Journal | None, lineage: str, serial: int)
 
 def _read_snapshot_bytes(path: Path) -> bytes | None:
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
+        return read_file(path)
+    except NotAFile as exc:
+        raise not_a_file(path, str(exc)) from None
     except OSError as exc:
         raise StateError(
             f"cannot read state {path}: {reason(exc)}; check the path and its permissions,"
             f" or {USE_ANOTHER_STATE}"
         ) from None
+
+
+def not_a_file(path: Path, problem: str, given: Path | None = None) -> StateError:
+    """The error for a state path that is a FIFO, a device, a folder or over 1 GiB;
+    ``given``: the name it was given by, when that is a symlink to ``path``."""
+    name = path if given is None or given == path else given
+    via = f" (which resolves to {path})" if name != path else ""
+    return StateError(
+        f"cannot read state {name}{via}: {problem}; a state is a regular file of JSON that"
+        f" modelsync wrote (a symlink to one is fine): pass --state with the path of the"
+        f" state file, or move {name} away"
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -139,6 +162,11 @@ def _document(raw: bytes) -> dict[str, Any]:
         raise Untrusted("is empty")
     try:
         doc = loads(raw)
+    except TooDeep:
+        raise Untrusted(
+            f"is nested more than {MAX_DEPTH} levels deep, which no state modelsync writes"
+            " is; it is damaged or not a state file"
+        ) from None
     except ValueError as exc:
         raise Untrusted(f"is not valid JSON ({exc}); it may be truncated or damaged") from None
     if not isinstance(doc, dict):
@@ -172,16 +200,21 @@ def _records(models: Any) -> dict[str, ModelRecord]:
 def _check_backup_lineage(path: Path, lineage: str) -> None:
     backup = backup_path(path)
     try:
-        with open(backup, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        return
+        raw = read_file(backup)
+    except NotAFile as exc:
+        # Not a damaged copy of a state but something put in its place: look before any run.
+        raise StateError(
+            f"cannot read {backup}, the backup of state {path}: {exc}; move {backup} away"
+            " (a backup is a regular file modelsync writes)"
+        ) from None
     except OSError as exc:
         _log.warning("cannot read state backup %s (%s); not checking its lineage", backup, exc)
         return
+    if raw is None:
+        return
     try:
         doc = loads(raw)
-    except ValueError:
+    except ValueError:  # also TooDeep
         doc = None
     backup_lineage = doc.get("lineage") if isinstance(doc, dict) else None
     if not isinstance(backup_lineage, str):
