@@ -77,7 +77,7 @@ def _flag(name: str, help_text: str) -> Callable[[F], F]:
     return option
 
 
-_HELP = {
+_HELP: dict[str, str] = {
     "parallelism": "Requests in flight at most (lowered automatically on 429).",
     "max_attempts": "Attempts per model in this run (failed models are retried next run).",
     "max_retry_after": "Longest Retry-After wait honoured; a longer one fails the model for "
@@ -107,6 +107,10 @@ _HELP = {
     "report": "Also write the JSON report to FILE.",
     "latency": "Added to every load_model answer.",
     "retry_after": "retry_after in 429 answers.",
+    "skip_schema_creation": "Never create a PostgreSQL state's tables (a DBA made them with "
+    "'modelsync state ddl'); ignored for a file state.",
+    "migrate_to": "The state to copy into: a path or a postgresql:// URL; it must be empty.",
+    "epoch": "The lease epoch to break, as the 'locked' error names it.",
     "strict": "Treat the manifest's warnings (deprecated categories, suspicious links) as "
     "errors: exit 3, send nothing.",
     "selector": "Only models whose labels match key=value or key!=value (repeatable).",
@@ -262,6 +266,7 @@ def plan(manifest: str, output_format: str, detailed_exitcode: bool, **options: 
 @_flag("--dry-run", "Show the plan with these flags; send nothing.")
 @_flag("--sandbox", _HELP["sandbox"])
 @_flag("--forget-orphans", _HELP["forget_orphans"])
+@_flag("--skip-schema-creation", _HELP["skip_schema_creation"])
 def apply(
     manifest: str, output_format: str, report: str | None, dry_run: bool, **options: Any
 ) -> int:

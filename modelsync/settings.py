@@ -50,6 +50,7 @@ class Settings:
     client: ClientOptions = field(default_factory=ClientOptions)
     command: str = "modelsync"  # the command line, to name a lock's holder
     strict: bool = False  # --strict: the manifest's warnings are errors
+    skip_schema_creation: bool = False  # a DBA created a database state's tables
     env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
 
     @classmethod
@@ -66,7 +67,14 @@ class Settings:
             tuple(options.pop("exclude", ())),
             parse_selectors(options.pop("selector", ())),
         )
-        fields = ("state", "endpoint", "api_key_file", "lock_timeout", "strict")
+        fields = (
+            "state",
+            "endpoint",
+            "api_key_file",
+            "lock_timeout",
+            "strict",
+            "skip_schema_creation",
+        )
         chosen = {k: options.pop(k) for k in fields if k in options}
         return cls(
             manifest_path,
@@ -102,6 +110,7 @@ class Settings:
             self.state_location,
             manifest_path=self.manifest_path,
             endpoint=endpoint or self.target_endpoint,
+            skip_schema_creation=self.skip_schema_creation,
         )
 
     def api_key(self) -> str:

@@ -895,9 +895,12 @@ def test_the_commands_are_those_of_the_design() -> None:
         "schema",
         "state",
         "state adopt",
+        "state ddl",
         "state list",
+        "state migrate",
         "state rm",
         "state show",
+        "state unlock",
         "validate",
     ]
 

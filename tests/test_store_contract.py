@@ -23,13 +23,16 @@ import pytest
 from modelsync.errors import ExitCode, StateError, StateLockedError
 from modelsync.records import ModelRecord
 from modelsync.store import StateBackend, open_state
+from tests.pg import pg_database, pg_location, pg_schema
+
+__all__ = ["pg_database", "pg_location", "pg_schema"]  # fixtures of tests.pg used here
 
 ENDPOINT = "https://stablediffusionapi.com/api/v3/load_model"
 OTHER_ENDPOINT = "https://other.example/api/v3/load_model"
 SANDBOX_ENDPOINT = "http://127.0.0.1:8765/api/v3/load_model"
 CHILD = Path(__file__).with_name("state_child.py")
 
-BACKENDS = ["file"]
+BACKENDS = ["file", "postgres"]
 
 Connect = Callable[..., StateBackend]
 
@@ -37,6 +40,12 @@ Connect = Callable[..., StateBackend]
 @pytest.fixture
 def file_location(tmp_path: Path) -> str:
     return str(tmp_path / "manifests" / ".modelsync" / "prod.state.json")
+
+
+@pytest.fixture
+def postgres_location(pg_location: str) -> str:
+    """A state of its own schema in the test run's database (tests/pg.py)."""
+    return pg_location
 
 
 @pytest.fixture(params=BACKENDS)

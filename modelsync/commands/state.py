@@ -8,6 +8,9 @@ from typing import Any
 from modelsync.errors import UsageError
 from modelsync.records import ModelRecord, State, new_record, utc_now
 from modelsync.settings import Settings
+from modelsync.store import open_state
+from modelsync.store import postgres_admin as admin
+from modelsync.store.postgres_admin import Migrated, Unlocked
 
 
 def read(settings: Settings) -> State:
@@ -80,3 +83,35 @@ def describe(state: State) -> dict[str, Any]:
         "endpoint": state.endpoint,
         "models": {k: v.to_json() for k, v in sorted(state.models.items())},
     }
+
+
+def migrate(settings: Settings, to: str) -> Migrated:
+    """Copy the state to ``to`` (a path or a URL), keeping lineage and serial; the target
+    must be empty, and the source stays as it is."""
+    source = settings.open_state()
+    target = open_state(
+        to,
+        manifest_path=settings.manifest_path,
+        endpoint=settings.target_endpoint,
+        skip_schema_creation=settings.skip_schema_creation,
+    )
+    return admin.migrate(
+        source,
+        target,
+        lock_timeout=settings.lock_timeout,
+        command=settings.command,
+    )
+
+
+def unlock(settings: Settings, epoch: int) -> Unlocked:
+    """Break the lease of a PostgreSQL state at ``epoch``, whose holder is known to be gone."""
+    # No endpoint check: breaking a lease reads no records, and a manifest that does not
+    # load must not stand in the way of it.
+    location = settings.state_location
+    backend = open_state(location, manifest_path=settings.manifest_path, endpoint="")
+    return admin.unlock(backend, epoch)
+
+
+def ddl(settings: Settings) -> str:
+    """The SQL that creates a PostgreSQL state's tables (no connection, no manifest read)."""
+    return admin.ddl(settings.state_location, settings.manifest_path)

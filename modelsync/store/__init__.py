@@ -76,9 +76,18 @@ class StateBackend(Protocol):
         ...
 
 
-# Scheme -> "module:factory". The factory takes (location, endpoint) and returns a backend.
+# Scheme -> "module:factory". The factory takes (location, endpoint) and returns a backend;
+# a database's factory also takes manifest_path= (the state's default name, and where local
+# files go) and skip_schema_creation=.
 _BACKENDS: dict[str, str] = {
     "file": "modelsync.store.file:FileBackend",
+    "postgresql": "modelsync.store.postgres:PostgresBackend",
+    "postgres": "modelsync.store.postgres:PostgresBackend",
+}
+# Scheme -> how to install its driver, said when importing the backend fails.
+_INSTALL_HINTS: dict[str, str] = {
+    "postgresql": "a PostgreSQL state needs psycopg 3: pip install 'modelsync[postgres]'",
+    "postgres": "a PostgreSQL state needs psycopg 3: pip install 'modelsync[postgres]'",
 }
 
 
@@ -94,16 +103,36 @@ def _scheme(location: str) -> str:
 
 
 def mask_url(location: str) -> str:
-    """A state URL as it may be shown: its password, if any, masked."""
-    parts = urllib.parse.urlsplit(location)
-    if parts.password is None:
-        return location
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """A state URL as it may be shown: its password, if any, masked (also ``password=``)."""
+    base, sep, query = location.partition("?")
+    head, colon, rest = base.partition("://")
+    if colon:
+        netloc, slash, path = rest.partition("/")
+        user, at, hosts = netloc.rpartition("@")
+        if at and ":" in user:
+            base = f"{head}://{user.split(':', 1)[0]}:***@{hosts}{slash}{path}"
+    if not sep:
+        return base
+    pieces = [
+        f"{p.partition('=')[0]}=***"
+        if "=" in p and urllib.parse.unquote(p.partition("=")[0]).lower() == "password"
+        else p
+        for p in query.split("&")
+    ]
+    return f"{base}?{'&'.join(pieces)}"
 
 
-def open_state(location: str | None, *, manifest_path: str | Path, endpoint: str) -> StateBackend:
-    """The backend for a ``--state`` value (a path or a URL); None: the default file."""
+def open_state(
+    location: str | None,
+    *,
+    manifest_path: str | Path,
+    endpoint: str,
+    skip_schema_creation: bool = False,
+) -> StateBackend:
+    """The backend for a ``--state`` value (a path or a URL); None: the default file.
+
+    ``skip_schema_creation``: a database backend never creates its tables (a file ignores it).
+    """
     text = location if location else str(default_location(manifest_path))
     scheme = _scheme(text)
     if scheme == "file" and text.lower().startswith("file://"):
@@ -116,7 +145,19 @@ def open_state(location: str | None, *, manifest_path: str | Path, endpoint: str
             f"(give a file path{known})"
         )
     module_name, _, factory_name = target.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = _INSTALL_HINTS.get(scheme)
+        if hint is None:
+            raise
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise StateError(f"--state {mask_url(text)}: {hint} (importing it failed: {why})") from None
     factory = getattr(module, factory_name)
-    backend: StateBackend = factory(text, endpoint)
+    if scheme == "file":
+        backend: StateBackend = factory(text, endpoint)
+    else:
+        backend = factory(
+            text, endpoint, manifest_path=manifest_path, skip_schema_creation=skip_schema_creation
+        )
     return backend
