@@ -642,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def echo(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_start = _load()
     clock = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="modelsync-bench-"))

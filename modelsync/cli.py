@@ -16,6 +16,7 @@ import click
 
 from modelsync import __version__, defaults, output
 from modelsync.errors import ExitCode, UsageError
+from modelsync.formats import findings, github
 
 F = TypeVar("F", bound=Callable[..., Any])
 # An option, or several, as one decorator (annotated: cli_state imports them in a cycle).
@@ -105,6 +106,11 @@ _HELP: dict[str, str] = {
     "detailed_exitcode": "Exit 2 when there are changes to apply (0: none; errors keep their "
     "codes).",
     "report": "Also write the JSON report to FILE.",
+    "plan_output": "text for people, json for pipelines, markdown for a pull-request comment "
+    "(on stdout; apply takes markdown with --dry-run only).",
+    "junit_xml": "Also write the run as JUnit XML to FILE (a test case per model acted on).",
+    "metrics_file": "Also write Prometheus metrics to FILE, for node_exporter's textfile "
+    "collector (see docs/cron.md).",
     "latency": "Added to every load_model answer.",
     "retry_after": "retry_after in 429 answers.",
     "skip_schema_creation": "Never create a PostgreSQL state's tables (a DBA made them with "
@@ -113,6 +119,8 @@ _HELP: dict[str, str] = {
     "epoch": "The lease epoch to break, as the 'locked' error names it.",
     "strict": "Treat the manifest's warnings (deprecated categories, suspicious links) as "
     "errors: exit 3, send nothing.",
+    "format": "json, sarif (SARIF 2.1.0) or github (workflow commands): that document on "
+    "stdout; problems stay on stderr.",
     "selector": "Only models whose labels match key=value or key!=value (repeatable).",
     "color": "Colour in text output; NO_COLOR in the environment means never.",
     "log_format": "Logs on stderr as text lines or as one JSON object per line.",
@@ -127,6 +135,14 @@ _TEXT_JSON = click.Choice(["text", "json"])
 _OUTPUT: Decorator = _opt(
     "--output", _TEXT_JSON, "text", _HELP["output"], param_decls=["-o", "output_format"]
 )
+# plan and apply --dry-run also render Markdown; `state list` keeps text and json.
+_PLAN_OUTPUT: Decorator = _opt(
+    "--output",
+    click.Choice(["text", "json", "markdown"]),
+    "text",
+    _HELP["plan_output"],
+    param_decls=["-o", "output_format"],
+)
 _TARGET: Decorator = _options(
     _opt("--state", None, None, _HELP["state"], metavar="PATH"),
     _opt("--endpoint", None, None, _HELP["endpoint"], metavar="URL"),
@@ -135,7 +151,7 @@ _SELECTION: Decorator = _options(
     _opt("--only", None, (), "Only these model ids (glob; repeatable).", **_MANY("ID")),
     _opt("--exclude", None, (), "Skip these model ids (glob; repeatable).", **_MANY("ID")),
     _opt("--selector", None, (), _HELP["selector"], param_decls=["-l"], **_MANY("KEY=VALUE")),
-    _OUTPUT,
+    _PLAN_OUTPUT,
     _flag("--strict", _HELP["strict"]),
 )
 
@@ -192,25 +208,42 @@ def _print_plan(plan: Any, manifest: str, state: str, output_format: str) -> Non
     output.print_plan(plan, manifest, state, output_format, verbose=g.verbosity >= 1, color=g.color)
 
 
+def _annotate(text: str, *, err: bool = True) -> None:
+    """Workflow commands as raw lines (never JSON log records: GitHub reads the lines)."""
+    if text:
+        output.echo(text, err=err)
+
+
 # --------------------------------------------------------------------------- commands
 
 
 @cli.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @_flag("--strict", _HELP["strict"])
-def validate(manifests: Sequence[str], strict: bool) -> int:
+@_opt("--format", click.Choice(findings.FORMATS), "text", _HELP["format"], ["output_format"])
+def validate(manifests: Sequence[str], strict: bool, output_format: str) -> int:
     """Check manifests and print every problem, with file:line:column and the fix.
+
+    With GITHUB_ACTIONS=true, validate, plan and apply also print the manifest's problems
+    (apply: also its failed and conflicting models) as GitHub workflow commands
+    (::error file=...,line=...::...) on stderr, so that stdout stays the product.
 
     \b
     Exit 0 when every manifest is valid, 3 when any is not.
-    Example:
+    Examples:
       modelsync validate manifests/*.yaml
+      modelsync validate manifests/*.yaml --format sarif > modelsync.sarif
     """
     from modelsync.commands.validate import validate as run
 
-    quiet = _globals().verbosity < 0
-    results = [output.print_checked(c, quiet=quiet) for c in run(manifests, strict=strict)]
-    return int(ExitCode.MANIFEST if not all(results) else ExitCode.OK)
+    quiet = _globals().verbosity < 0 or output_format != "text"  # stdout: the document only
+    results = []
+    for checked in run(manifests, strict=strict):
+        output.print_checked(checked, quiet=quiet)
+        results.append(checked)
+    _annotate(findings.render(results, output_format), err=False)  # "" for text
+    _annotate(github.checked_annotations(results) if output_format != "github" else "")
+    return int(ExitCode.OK if all(c.error is None for c in results) else ExitCode.MANIFEST)
 
 
 @cli.command()
@@ -244,6 +277,7 @@ def plan(manifest: str, output_format: str, detailed_exitcode: bool, **options: 
     from modelsync.commands.plan import plan as run
 
     settings = _settings(manifest, options)
+    github.annotate_manifest(settings, _annotate)  # GitHub Actions: problems as annotations
     output.print_warnings(settings.manifest, settings.selection)  # validates it first
     planned = run(settings)
     _print_plan(planned.plan, manifest, planned.state_location, output_format)
@@ -262,6 +296,8 @@ def plan(manifest: str, output_format: str, detailed_exitcode: bool, **options: 
 @_lock_timeout("Wait this long for another run's state lock (0: fail at once, exit 4).")
 @_opt("--api-key-file", click.Path(dir_okay=False), None, _HELP["api_key_file"], metavar="PATH")
 @_opt("--report", click.Path(dir_okay=False, writable=True), None, _HELP["report"], metavar="FILE")
+@_opt("--junit-xml", click.Path(dir_okay=False), None, _HELP["junit_xml"], metavar="FILE")
+@_opt("--metrics-file", click.Path(dir_okay=False), None, _HELP["metrics_file"], metavar="FILE")
 @_seconds("--grace", defaults.GRACE_S, _HELP["grace"])
 @_flag("--dry-run", "Show the plan with these flags; send nothing.")
 @_flag("--sandbox", _HELP["sandbox"])
@@ -287,9 +323,15 @@ def apply(
     sandbox = options.pop("sandbox")
     if sandbox and (options["endpoint"] or options["api_key_file"]):
         raise UsageError("--sandbox runs against a local sandbox: drop --endpoint/--api-key-file")
-    if report:
-        output.check_writable(report, "--report")
+    junit_xml, metrics_file = options.pop("junit_xml"), options.pop("metrics_file")
+    if output_format == "markdown" and not dry_run:
+        raise UsageError("--output markdown shows a plan: use it with plan or apply --dry-run")
+    files = {"--report": report, "--junit-xml": junit_xml, "--metrics-file": metrics_file}
+    for option, path in files.items():
+        if path:
+            output.check_writable(path, option)  # before anything is sent (exit 64)
     settings = _settings(manifest, options)
+    github.annotate_manifest(settings, _annotate)  # GitHub Actions: problems as annotations
     output.print_warnings(settings.manifest, settings.selection)  # validates it first
     stop = StopFlag()
     progress = output.Progress(enabled=output_format == "text" and not dry_run)
@@ -316,6 +358,8 @@ def apply(
     ]
     g = _globals()
     output.print_applied(applied, output_format, report, color=g.color, manifest=shlex.join(where))
+    _annotate(github.result_annotations(settings.manifest, applied.report))
+    output.write_run_files(applied.report, manifest, junit_xml, metrics_file)
     return int(applied.exit_code)
 
 

@@ -359,23 +359,41 @@ def check_writable(path: str, option: str) -> None:
         raise UsageError(f"{option} {path}: not writable; fix its permissions or pick another")
 
 
-def write_report(path: str, document: Any) -> None:
-    """Write the JSON report atomically (a reader never sees half a report)."""
+def write_file(path: str, text: str, what: str, mode: int | None = None) -> None:
+    """Write an output file atomically (a reader never sees half of it): a temp file in its
+    folder, then os.replace."""
     import tempfile
 
     from modelsync.errors import OutputError
 
     folder = os.path.dirname(os.path.abspath(path))
+    temp = None
     try:
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=".report.", suffix=".tmp")
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".modelsync.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(dump_json(document) + "\n")
+            handle.write(text)
+        if mode is not None:
+            os.chmod(temp, mode)
         os.replace(temp, path)
     except OSError as exc:
+        if temp is not None and os.path.exists(temp):
+            os.unlink(temp)
         raise OutputError(
-            f"cannot write the report {path}: {exc.strerror}; the run itself is recorded in "
-            "the state"
+            f"cannot write {what} {path}: {exc.strerror}; the run itself is recorded in the state"
         ) from None
+
+
+def write_run_files(
+    report: Report | None, manifest: str, junit_xml: str | None, metrics_file: str | None
+) -> None:
+    """``--junit-xml`` and ``--metrics-file`` (DESIGN §9); nothing for a --dry-run."""
+    from modelsync.formats import junit, metrics
+
+    if report is not None and junit_xml:
+        write_file(junit_xml, junit.render_junit(report, manifest=manifest), "the JUnit file")
+    if report is not None and metrics_file:  # 0644: node_exporter reads it as another user
+        text = metrics.render_file(metrics_file, report, manifest)
+        write_file(metrics_file, text, "the metrics file", 0o644)
 
 
 def render_state_list(state: State) -> str:
@@ -405,6 +423,11 @@ def print_plan(
     if output_format == "json":
         click.echo(dump_json(plan_document(plan, manifest=manifest, state=state)))
         return
+    if output_format == "markdown":
+        from modelsync.formats.markdown import render_markdown
+
+        click.echo(render_markdown(plan, manifest=manifest, summary=summary_line(plan)))
+        return
     text = render_plan(plan, manifest=manifest, state=state, verbose=verbose, color=color)
     # click strips escapes on a non-terminal unless told: --color always must survive a pipe
     # (`| less -R`), and `color` already holds the --color/NO_COLOR decision.
@@ -412,12 +435,16 @@ def print_plan(
 
 
 def print_warnings(manifest: Manifest, selection: Selection) -> None:
-    """The manifest's warnings, and --only/--exclude patterns that match no model (typos)."""
+    """The manifest's warnings; --only/--exclude patterns and --selector label keys that
+    match no model (typos)."""
     for warning in manifest.warnings:
-        stderr(str(warning))
+        stderr(str(warning), logging.WARNING)
     ids = [m.model_id for m in manifest.models]
     for pattern in selection.unmatched_patterns(ids):
         stderr(f"warning: --only/--exclude pattern {pattern!r} matches no model id")
+    labels = (key for m in manifest.models for key in m.labels)
+    for line in selection.unknown_labels(labels, manifest.path):
+        stderr(line)
 
 
 def print_checked(checked: Checked, *, quiet: bool) -> bool:
@@ -429,7 +456,7 @@ def print_checked(checked: Checked, *, quiet: bool) -> bool:
         return False
     assert checked.manifest is not None
     for warning in checked.manifest.warnings:
-        stderr(str(warning))
+        stderr(str(warning), logging.WARNING)
     if not quiet:
         click.echo(f"{checked.path}: valid ({plural(len(checked.manifest.models), 'model')})")
     return True
@@ -443,7 +470,7 @@ def print_applied(
         return
     document = applied.report.to_json()
     if report_path:
-        write_report(report_path, document)
+        write_file(report_path, dump_json(document) + "\n", "the report")
     if output_format == "json":
         click.echo(dump_json(document))
         for line in ways_on(applied.report, manifest):

@@ -107,6 +107,19 @@ class Selection:
             return False
         return all(s.matches(spec.labels) for s in self.selectors)
 
+    def unknown_labels(self, label_keys: Iterable[str], manifest_path: str) -> list[str]:
+        """A warning per ``--selector`` on a label key no model has (a likely typo)."""
+        keys = sorted(set(label_keys))
+        return [
+            f"warning: --selector {s}: no model has the label {s.key!r}; the labels in "
+            f"{manifest_path} are: {', '.join(keys)}"
+            if keys
+            else f"warning: --selector {s}: no model in {manifest_path} has labels "
+            "(set them under 'labels:')"
+            for s in self.selectors
+            if s.key not in keys
+        ]
+
     def unmatched_patterns(self, model_ids: Sequence[str]) -> list[str]:
         """``--only``/``--exclude`` patterns that match no model id (likely typos)."""
         return [

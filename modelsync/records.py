@@ -37,7 +37,7 @@ RECORD_FIELDS = (
 
 def utc_now() -> str:
     """Return the current time in the state's timestamp format, e.g. ``2026-11-25T10:00:00Z``."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------- declared

@@ -76,6 +76,8 @@ class Report:
     stop_reason: str | None = None
     forgotten: tuple[str, ...] = ()
     state_error: str | None = None  # the state could not record: the run stopped (exit 4)
+    rate_limited: int = 0  # answers that asked to slow down (429s): pacing, for metrics
+    duration_s: float = 0.0  # from the first submission to the last result
 
     @property
     def summary(self) -> dict[str, int]:
@@ -112,7 +114,8 @@ def run_apply(
 ) -> Report:
     """Submit every create/update/retry of ``plan``, recording each result as it comes."""
     stop = controls.stop
-    deadline = None if options.deadline_s is None else clock() + options.deadline_s
+    started = clock()
+    deadline = None if options.deadline_s is None else started + options.deadline_s
     todo = plan.to_submit
     results: dict[str, ModelResult] = {}
 
@@ -145,6 +148,8 @@ def run_apply(
         stop_reason=stop.reason,
         forgotten=forgotten,
         state_error=pool.state_error,
+        rate_limited=controls.gate.throttled,
+        duration_s=clock() - started,
     )
 
 

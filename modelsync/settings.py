@@ -10,7 +10,10 @@ the state backend and the API client.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import shlex
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,23 @@ from modelsync.store import StateBackend, open_state
 if TYPE_CHECKING:
     from modelsync.api.modelslab import ModelsLab
     from modelsync.controls import Controls
+
+
+_log = logging.getLogger(__name__)
+
+
+def _warn_if_shared(path: str) -> None:
+    """Warn when the key file is readable by its group or by others (the run goes on)."""
+    if os.name != "posix":  # modes mean nothing there; ACLs are another story
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:  # it was just read: a race, and nothing to warn about
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        who = "others" if mode & stat.S_IROTH else "its group"
+        fix = f"chmod 600 {shlex.quote(path)}"
+        _log.warning("the API key file %s is readable by %s (mode %04o): %s", path, who, mode, fix)
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,7 @@ class Settings:
                 raise AuthError(f"cannot read the API key file {path}: {why}") from None
             if not key:
                 raise AuthError(f"the API key file {path} is empty")
+            _warn_if_shared(path)
         else:
             name = self.manifest.api_key_env
             key = self.env.get(name, "").strip()

@@ -82,6 +82,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "CIVITAI_TOKEN",
         "HF_TOKEN",
         "NO_COLOR",
+        "GITHUB_ACTIONS",
     ):
         monkeypatch.delenv(name, raising=False)
 

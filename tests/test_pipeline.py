@@ -315,7 +315,9 @@ def test_ci_examples_are_yaml_with_the_expected_structure() -> None:
     (workflow,) = github
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
     assert set(triggers) == {"pull_request", "push"}
-    assert workflow["concurrency"]["cancel-in-progress"] is False
+    # At the workflow level a pull request's plan could cancel an apply waiting in the group.
+    assert "concurrency" not in workflow
+    assert workflow["jobs"]["apply"]["concurrency"]["cancel-in-progress"] is False
     assert set(workflow["jobs"]) == {"plan", "apply"}
     for name, job in workflow["jobs"].items():
         assert job["runs-on"], name
@@ -421,11 +423,12 @@ def test_documented_command_line_is_valid(
     assert_valid_command_line(env, args, where)
 
 
-def test_docs_pin_the_current_version() -> None:
+def test_docs_install_from_the_repository() -> None:
+    # modelsync is not on a public index and has no tag: no line may pretend otherwise.
     ci = (DOCS / "ci.md").read_text(encoding="utf-8")
-    hooks = (REPO / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
-    assert set(re.findall(r"pip install modelsync==(\S+)", ci)) == {__version__}
-    assert set(re.findall(r"rev: v(\S+)", ci + hooks)) == {__version__}
+    assert re.findall(r"pip install '?modelsync(?:\[\w+\])?(?:==\S*)?'?(?!\s*@)(?=\s|$)", ci) == []
+    assert re.findall(r"rev: v\d", ci) == []
+    assert "git+https://<the modelsync repository URL>@<commit>" in ci
 
 
 def test_ci_doc_names_the_test_that_checks_it() -> None:

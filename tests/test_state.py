@@ -73,9 +73,12 @@ def put(model_id: str, record: ModelRecord) -> dict[str, Any]:
 
 
 def listing(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file beside the state, but the lock: some filelock versions touch it on each
+    lock, and it holds nothing of the state."""
     return {
         p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes())
         for p in sorted(folder.iterdir())
+        if not p.name.endswith(".lock")
     }
 
 

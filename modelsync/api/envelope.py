@@ -116,7 +116,7 @@ def parse_retry_after(value: object, *, now_epoch: float) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     try:
         delta = when.timestamp() - now_epoch
     except (OverflowError, OSError, ValueError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from modelsync.errors import UsageError
@@ -21,10 +22,20 @@ def read(settings: Settings) -> State:
 def show(settings: Settings, model_id: str) -> ModelRecord:
     """One model's record; a usage error naming the state when it has none."""
     backend = settings.open_state()
-    record = backend.read().models.get(model_id)
+    models = backend.read().models
+    record = models.get(model_id)
     if record is None:
-        raise UsageError(f"{model_id!r} is not in the state {backend.location}")
+        raise UsageError(
+            f"{model_id!r} is not in the state {backend.location}{_near(model_id, models)}"
+        )
     return record
+
+
+def _near(model_id: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest ids (best first, ties by name), or ``""``."""
+    scores = {k: difflib.SequenceMatcher(None, model_id, k).ratio() for k in known}
+    near = sorted((k for k, score in scores.items() if score >= 0.6), key=lambda k: (-scores[k], k))
+    return f" (did you mean {' or '.join(repr(k) for k in near[:3])}?)" if near else ""
 
 
 def rm(settings: Settings, model_ids: Sequence[str]) -> list[str]:

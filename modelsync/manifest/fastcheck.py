@@ -103,7 +103,15 @@ class _FastModelCheck:
 
 # Keywords that only inform (editors show them); they never change what is valid.
 _ANNOTATIONS = frozenset(
-    {"description", "title", "$comment", "deprecated", "deprecationMessage", "examples"}
+    {
+        "description",
+        "title",
+        "$comment",
+        "deprecated",
+        "deprecationMessage",
+        "patternErrorMessage",
+        "examples",
+    }
 )
 
 
@@ -241,7 +249,11 @@ def _keyword_check(key: str, value: Any) -> Callable[[Any], bool] | None:
             return type(v) is not dict or all(type(x) is str for x in v.values())
 
         return string_values
-    if key == "propertyNames" and isinstance(value, dict) and set(value) == {"pattern"}:
+    if (
+        key == "propertyNames"
+        and isinstance(value, dict)
+        and set(value) - _ANNOTATIONS == {"pattern"}
+    ):
         name_rx = re.compile(value["pattern"])
 
         def names_ok(v: Any) -> bool:

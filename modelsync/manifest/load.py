@@ -22,8 +22,8 @@ from modelsync.defaults import DEFAULT_API_KEY_ENV, MODEL_DEFAULTS
 from modelsync.errors import Diagnostic
 from modelsync.manifest.checks import _check_semantics, _interpolate
 from modelsync.manifest.fastcheck import _fast_check
-from modelsync.manifest.messages import _report_schema_error, _Reporter
-from modelsync.manifest.schemafile import _validator
+from modelsync.manifest.messages import _report_pasted_body, _report_schema_error, _Reporter
+from modelsync.manifest.schemafile import _validator, schema
 from modelsync.records import ModelSpec
 from modelsync.yamlio import LoadedYaml, describe_yaml_type, load_yaml_file
 
@@ -97,6 +97,8 @@ def load_manifest(
             f"not {describe_yaml_type(data)}",
             of_key=False,
         )
+        report.fail_if_any()
+    if _report_pasted_body(report, data, schema()["$defs"]["model"]["properties"]):
         report.fail_if_any()
 
     # Schema errors and the checks beyond the schema are reported together, so a user

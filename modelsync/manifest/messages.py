@@ -100,6 +100,46 @@ class _Reporter:
             raise ManifestError(self.diagnostics)
 
 
+# --------------------------------------------------------------------------- pasted body
+
+
+def _report_pasted_body(
+    report: _Reporter, data: dict[str, Any], model_fields: Iterable[str]
+) -> bool:
+    """A load_model request body pasted as the manifest: one error saying where models go.
+
+    Without it, each of its fields is an "unknown key" and 'models:' is "missing": many
+    errors, none of which says what to do. True when reported.
+    """
+    known = set(model_fields)
+    fields = [k for k in data if isinstance(k, str) and k in known]
+    if "models" in data or not {"model_id", "url"} & set(fields):
+        return False
+    model_id = data.get("model_id")
+    shown_id = model_id if isinstance(model_id, str) and _PLAIN_ID.fullmatch(model_id) else "..."
+    example = ["  version: 1", "  models:", f"    - model_id: {shown_id}"]
+    example += [f"      {name}: ..." for name in fields if name != "model_id"]
+    key = [k for k in _KEY_FIELDS if k in data]
+    drop_key = (
+        f" (leave out {key[0]!r}: the API key goes in the environment variable "
+        f"{_key_env(data)} or --api-key-file, never in the manifest)"
+        if key
+        else ""
+    )
+    pos = report.loaded.position((fields[0],))
+    report.add_at(
+        pos.line,
+        pos.column,
+        (),
+        "this is a load_model request body, not a manifest: put each model under "
+        f"'models:', like this{drop_key}:\n" + "\n".join(example),
+    )
+    return True
+
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 # --------------------------------------------------------------------------- schema errors
 
 
@@ -144,14 +184,18 @@ def _on_additional_properties(report: _Reporter, failure: _Failure) -> None:
         report.add((*failure.path, key_text), message)
 
 
-def _key_in_manifest_message(data: Any) -> str:
-    env_name = DEFAULT_API_KEY_ENV
+def _key_env(data: Any) -> str:
+    """The variable the API key is read from: target.api_key_env, else the default."""
     target = data.get("target") if isinstance(data, dict) else None
     if isinstance(target, dict) and isinstance(target.get("api_key_env"), str):
-        env_name = target["api_key_env"]
+        return str(target["api_key_env"])
+    return DEFAULT_API_KEY_ENV
+
+
+def _key_in_manifest_message(data: Any) -> str:
     return (
         "the API key must not be in the manifest: it is a secret; "
-        f"put it in the environment variable {env_name} "
+        f"put it in the environment variable {_key_env(data)} "
         "(or pass --api-key-file) and remove this line"
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import inspect
 import json
 import os
 import re
@@ -331,14 +332,14 @@ _MAX_INFO_BYTES = 1 << 16  # a lock-info line is about 200 bytes
 
 def make_lock(path: Path) -> filelock.BaseFileLock:
     """An OS lock (flock) on ``path``, never a soft lock that would outlive its process."""
-    try:
-        # No silent fallback to a soft (marker file) lock where flock is missing: a soft lock
-        # outlives a killed process, which is the stale lock DESIGN §2 rules out.
-        return filelock.FileLock(
-            str(path), mode=FILE_MODE, thread_local=False, fallback_to_soft=False
-        )
-    except TypeError:  # filelock releases without ``fallback_to_soft``
-        return filelock.FileLock(str(path), mode=FILE_MODE, thread_local=False)
+    # No silent fallback to a soft (marker file) lock where flock is missing: a soft lock
+    # outlives a killed process, which is the stale lock DESIGN §2 rules out. Asked only of
+    # filelock releases that know the option: passing it to one that does not leaves a
+    # half-built lock whose __del__ prints a traceback (it broke --log-format json).
+    options: dict[str, Any] = {"mode": FILE_MODE, "thread_local": False}
+    if "fallback_to_soft" in inspect.signature(filelock.FileLock.__init__).parameters:
+        options["fallback_to_soft"] = False
+    return filelock.FileLock(str(path), **options)
 
 
 def lock_info(command: str) -> bytes:

@@ -1,0 +1,1 @@
+"""Renderers for pipelines: a Markdown plan, JUnit XML, Prometheus metrics, and more."""
