@@ -1432,3 +1432,61 @@ def test_numbers_json_cannot_carry_are_kept_as_text() -> None:
         "y": "-Infinity",
     }
     json.dumps(verdict.response, allow_nan=False)  # storable in the state
+
+
+# --------------------------------------------- found by review: never an overwrite, nor a crash
+
+
+@pytest.mark.parametrize("status", [500, 503, 409, 200])
+def test_already_exists_in_any_status_is_a_conflict_never_a_reload(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient], status: int
+) -> None:
+    requests_mock.post(ENDPOINT, status_code=status, json=EXISTS)
+    result = make_client().load_model(BODY, model_id="m", resend_body=RELOAD)
+    assert [r.json()["force_load"] for r in requests_mock.request_history] == ["no"]
+    assert (result.outcome, result.cause) == ("failed", "conflict")
+
+
+def test_a_settled_answer_after_an_attempt_that_may_have_loaded_keeps_maybe_reached(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
+) -> None:
+    # The 502 may hide a load by this run: the next run must retry with yes, not take the
+    # model for someone else's.
+    requests_mock.post(
+        ENDPOINT,
+        [{"status_code": 502, "text": ""}, {"status_code": 402, "json": {"message": "x"}}],
+    )
+    result = make_client().load_model(BODY, model_id="m", resend_body=RELOAD)
+    assert (result.outcome, result.cause) == ("account", "maybe_reached")
+
+
+def test_an_answer_read_whole_stands_even_if_an_abort_came_meanwhile(
+    requests_mock: rm.Mocker, make_client: Callable[..., LoadModelClient]
+) -> None:
+    requests_mock.post(ENDPOINT, json=EXISTS)
+    client = make_client()
+    client.transport.inflight.done = lambda: "the --deadline passed"  # type: ignore[method-assign]
+    result = client.load_model(BODY, model_id="m", resend_body=RELOAD)
+    assert (result.outcome, result.cause) == ("failed", "conflict")
+    assert requests_mock.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ({"json": {"status": "success", "message": "ok", "retry_after": 10**400}}, "submitted"),
+        ({"text": '{"status": "error", "message": ' + "[" * 400 + "]" * 400 + "}"}, "failed"),
+        ({"status_code": 307, "headers": {"Location": "http://[oops/x"}}, "redirect"),
+        ({"status_code": 301, "headers": {"Location": "http://[oops/x"}}, "redirect"),
+    ],
+    ids=["huge retry_after", "deeply nested message", "bad location 307", "bad location 301"],
+)
+def test_a_hostile_answer_never_raises(
+    requests_mock: rm.Mocker,
+    make_client: Callable[..., LoadModelClient],
+    answer: dict[str, Any],
+    kind: str,
+) -> None:
+    requests_mock.post(ENDPOINT, [answer, {"json": OK}])
+    result = make_client(max_attempts=1).load_model(BODY, model_id="m")
+    assert result.outcome == kind, result

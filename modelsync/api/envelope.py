@@ -100,7 +100,10 @@ def parse_retry_after(value: object, *, now_epoch: float) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            return None
         return seconds if math.isfinite(seconds) and seconds >= 0 else None
     if not isinstance(value, str):
         return None
@@ -158,21 +161,26 @@ def _parse_body(body: bytes) -> tuple[Any, str | None]:
         return None, "not JSON"
 
 
-def _flatten_message(value: Any) -> str | None:
+def _flatten_message(value: Any, depth: int = 0) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
         return value
+    if depth >= _MAX_MESSAGE_DEPTH:  # a hostile answer nested deeper than any real message
+        return "…"
     if isinstance(value, Mapping):
         # Field errors: {"url": ["The url field is required."]} -> "url: The url field is required."
         parts = []
         for field, errors in value.items():
-            text = _flatten_message(errors)
+            text = _flatten_message(errors, depth + 1)
             parts.append(f"{field}: {text}" if text else str(field))
         return "; ".join(parts)
     if isinstance(value, list | tuple):
-        return " ".join(t for t in (_flatten_message(v) for v in value) if t)
+        return " ".join(t for t in (_flatten_message(v, depth + 1) for v in value) if t)
     return json.dumps(value)
+
+
+_MAX_MESSAGE_DEPTH = 8
 
 
 def _server_message(obj: Mapping[str, Any]) -> str | None:
@@ -334,11 +342,12 @@ def _by_words(a: _Answer, _headers: Mapping[str, str], _body: bytes, _masker: Ma
         return "auth", a.described
     if says(a.words, _ACCOUNT_PHRASES):
         return "account", a.described
+    if says(a.words, EXISTS_PHRASES):
+        # Checked before the status and the retry phrases: "already exists", whatever the
+        # HTTP status says, is an answer, never retried (a retry would be sent as a reload).
+        return "failed", a.described
     if a.status == 429 or a.status >= 500:
         return "retryable", a.described or a.label
-    if says(a.words, EXISTS_PHRASES):
-        # Checked before the retry phrases: "already exists, try again" must not be retried.
-        return "failed", a.described
     if says(a.words, _RETRY_PHRASES):
         return "retryable", a.described
     return None

@@ -131,11 +131,12 @@ class RetryLoop:
         """Why the call failed, as the next run needs to know it (DESIGN §4)."""
         if outcome == "submitted":
             return None
+        if self.uncertain:
+            # An earlier attempt may have been acted on, whatever the last answer said.
+            return "maybe_reached"
         if answered is not None:
             # The server answered and said no; or this side could not even send it.
             return "never_sent" if self.last is not None and self.last.unsent else "rejected"
-        if self.uncertain:
-            return "maybe_reached"
         if self.all_unsent:
             return "never_sent"
         return "rejected"  # only refusals before the queue (429s)

@@ -176,9 +176,20 @@ class Transport:
         finally:
             self._watchdog.disarm(entry)
             aborted = self.inflight.done()
-        if aborted is not None and verdict.kind != "submitted":
+        # Only an attempt that was cut before its answer was read counts as aborted: an answer
+        # read whole (a conflict, a refused key...) stands, even if the abort came meanwhile.
+        if aborted is not None and verdict.http_status is None:
             verdict = self._aborted_verdict(url, aborted, verdict)
         return verdict
+
+    def _unreadable(self, status: int, redirected: bool, exc: Exception) -> Verdict:
+        label = http_label(status)
+        self.log(defaults.LOG_VERBOSE, "%s: %s", label, self.scrub(str(exc)))
+        if redirected and 300 <= status < 400:
+            message = f"{label} to a Location that is not a URL: check target.endpoint / --endpoint"
+            return Verdict("redirect", status, message, None, None)
+        message = f"unreadable answer ({label}): {type(exc).__name__}"
+        return Verdict("retryable", status, message, None, None)
 
     def _aborted_verdict(self, url: str, why: str, verdict: Verdict) -> Verdict:
         host = _host(url)
@@ -201,10 +212,20 @@ class Transport:
                 status, content, headers = self._post(url, payload)
             except requests.RequestException as exc:
                 return self._transport_verdict(exc, url)
-            location = header(headers, "location")
-            if location is None or not 300 <= status < 400:
-                return classify(status, content, headers)
-            target = urllib.parse.urljoin(url, location)
+            except ValueError as exc:
+                # requests parses a redirect's Location even when it does not follow it: one
+                # that is not a URL raises here.
+                self.log(defaults.LOG_VERBOSE, "redirect: %s", self.scrub(str(exc)))
+                message = "a redirect to a Location that is not a URL: check --endpoint"
+                return Verdict("redirect", None, message, None, None)
+            try:
+                location = header(headers, "location")
+                if location is None or not 300 <= status < 400:
+                    return classify(status, content, headers)
+                target = urllib.parse.urljoin(url, location)
+            except (ValueError, OverflowError, RecursionError) as exc:
+                # A hostile or broken answer must not end the run with a traceback.
+                return self._unreadable(status, location is not None, exc)
             if status in (307, 308) and _origin(target) == _origin(url):
                 if hops >= MAX_REDIRECTS:
                     message = (
