@@ -957,3 +957,65 @@ def test_cli_state_migrate_ddl_and_unlock(
     # Nothing holds the lease: an unlock names the state and refuses (exit 4).
     code, _out, err = cli("state", "unlock", manifest, "--state", target, "--epoch", "99")
     assert code == 4, err
+
+
+# --------------------------------------------------------------------------- found by review
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://admin:CanaryPw7@db.example/ops",
+        "postgresql://admin:Canary?Pw7@127.0.0.1:1/ops",
+        "postgresql://admin:Canary/Pw7@127.0.0.1:1/ops",
+        "postgresql://admin:Canary%zzPw7@127.0.0.1:1/ops",
+    ],
+    ids=["unknown scheme", "raw ?", "raw /", "bad percent-encoding"],
+)
+def test_a_state_url_never_reads_as_empty_nor_shows_its_password(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "version: 1\nmodels:\n  - model_id: alpha\n    url: org/alpha\n"
+        "    model_format: diffusers\n    model_category: stable_diffusion\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli("plan", manifest, "--state", url)
+    assert code == 4, out + err
+    assert "Canary" not in out + err and "Pw7" not in out + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]  # no file state made
+
+
+def test_a_file_url_with_a_host_is_refused(cli: Any, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("version: 1\nmodels: []\n", encoding="utf-8")
+    code, _out, err = cli("plan", manifest, "--state", "file://.modelsync/m.state.json")
+    assert code == 4
+    assert "a file URL names a host ('.modelsync')" in err
+
+
+def test_a_fifo_at_the_fallback_journal_is_refused_without_hanging(
+    tmp_path: Path, pg_location: str
+) -> None:
+    from modelsync.store.postgres_fallback import fallback_path
+    from modelsync.store.postgres_sql import parse_target
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("version: 1\nmodels: []\n", encoding="utf-8")
+    target = parse_target(pg_location, manifest)
+    fifo = fallback_path(manifest, target.schema, target.name)
+    fifo.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "modelsync", "plan", str(manifest), "--state", pg_location],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert time.monotonic() - started < 15
+    assert done.returncode == 4, done.stderr
+    assert "not a regular file" in done.stderr and "Traceback" not in done.stderr

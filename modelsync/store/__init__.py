@@ -17,6 +17,7 @@ imports a database driver. A second backend is one new module and one registry l
 from __future__ import annotations
 
 import importlib
+import re
 import urllib.parse
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -97,20 +98,36 @@ def default_location(manifest_path: str | Path) -> Path:
     return manifest.parent / ".modelsync" / f"{manifest.stem}.state.json"
 
 
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def _scheme(location: str) -> str:
-    head, sep, _rest = location.partition("://")
-    return head.lower() if sep and head.isalpha() else "file"
+    # Any RFC 3986 scheme is a URL (postgresql+psycopg://...): an unknown one is refused,
+    # never taken for a file path, which would read as "nothing submitted".
+    found = _SCHEME_RE.match(location)
+    return found.group(1).lower() if found else "file"
+
+
+def url_password(location: str) -> str | None:
+    """The password of a URL exactly as written (percent-encoded or not, valid or not)."""
+    _head, colon, rest = location.partition("://")
+    if not colon or "@" not in rest:
+        return None
+    _user, has_password, secret = rest.rpartition("@")[0].partition(":")
+    return secret if has_password and secret else None
 
 
 def mask_url(location: str) -> str:
     """A state URL as it may be shown: its password, if any, masked (also ``password=``)."""
+    head, colon, rest = location.partition("://")
+    if colon and "@" in rest:
+        # A password may hold '/', '?' or '#' when it is not percent-encoded: everything up
+        # to the last '@' of the whole text is the user and the password.
+        userinfo, _at, after = rest.rpartition("@")
+        user, has_password, _secret = userinfo.partition(":")
+        if has_password:
+            location = f"{head}://{user}:***@{after}"
     base, sep, query = location.partition("?")
-    head, colon, rest = base.partition("://")
-    if colon:
-        netloc, slash, path = rest.partition("/")
-        user, at, hosts = netloc.rpartition("@")
-        if at and ":" in user:
-            base = f"{head}://{user.split(':', 1)[0]}:***@{hosts}{slash}{path}"
     if not sep:
         return base
     pieces = [
@@ -136,7 +153,13 @@ def open_state(
     text = location if location else str(default_location(manifest_path))
     scheme = _scheme(text)
     if scheme == "file" and text.lower().startswith("file://"):
-        text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
+        parts = urllib.parse.urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise StateError(
+                f"--state {mask_url(text)!r}: a file URL names a host ({parts.netloc!r}); "
+                "give a path, or file:///absolute/path"
+            )
+        text = urllib.parse.unquote(parts.path)
     target = _BACKENDS.get(scheme)
     if target is None:
         known = "".join(f", {s}://" for s in sorted(_BACKENDS) if s != "file")

@@ -27,6 +27,7 @@ from typing import Any
 from modelsync.errors import StateError
 from modelsync.records import ModelRecord
 from modelsync.store import trust
+from modelsync.store.fileio import NotAFile, read_file
 
 KIND = "pg-fallback"
 VERSION = 1
@@ -118,14 +119,14 @@ class FallbackWriter:
 def read_fallback(path: Path, location: str) -> Fallback | None:
     """The fallback journal at ``path``, or None; StateError if it cannot be trusted."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        return None
+        # Never a blocking open: a FIFO or a device here must not hang the run (DESIGN §2).
+        raw = read_file(path, MAX_BYTES)
+    except NotAFile as exc:
+        raise _damaged(location, path, f"cannot be read: {exc}") from None
     except OSError as exc:
         raise _damaged(location, path, f"cannot be read ({exc.strerror or exc})") from None
-    if len(raw) > MAX_BYTES:
-        raise _damaged(location, path, "is over 1 GiB")
+    if raw is None:
+        return None
     chunks = raw.split(b"\n")
     if chunks and chunks[-1] != b"":
         chunks = chunks[:-1]  # a torn last line: the run died while appending it

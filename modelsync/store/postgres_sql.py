@@ -23,8 +23,9 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from modelsync import redact
 from modelsync.errors import StateError
-from modelsync.store import mask_url
+from modelsync.store import mask_url, url_password
 
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_SCHEMA = "modelsync"
@@ -125,6 +126,10 @@ def _split(url: str) -> tuple[str, dict[str, str], str | None]:
 def parse_target(url: str, manifest_path: str | Path) -> Target:
     """Check a ``--state`` URL and split it (StateError naming the masked URL otherwise)."""
     shown = mask_url(url)
+    raw = url_password(url)
+    if raw:
+        # Its text as written too: libpq quotes a password it cannot decode in its errors.
+        redact.register_secret(raw, always=True)
     conninfo, own, password = _split(url)
     schema = own.get("schema", DEFAULT_SCHEMA)
     _check_schema(schema, shown)
