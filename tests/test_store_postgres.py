@@ -985,6 +985,9 @@ def test_a_state_url_never_reads_as_empty_nor_shows_its_password(
     code, out, err = cli("plan", manifest, "--state", url)
     assert code == 4, out + err
     assert "Canary" not in out + err and "Pw7" not in out + err
+    if "?" in url.split("@")[0] or "/" in url.split("://")[1].split("@")[0]:
+        # Refused before libpq parses it (it would split it elsewhere and quote pieces).
+        assert "percent-encode them" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]  # no file state made
 
 

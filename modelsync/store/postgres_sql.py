@@ -130,6 +130,13 @@ def parse_target(url: str, manifest_path: str | Path) -> Target:
     if raw:
         # Its text as written too: libpq quotes a password it cannot decode in its errors.
         redact.register_secret(raw, always=True)
+        if any(ch in raw for ch in "/?#@"):
+            # libpq would split it elsewhere (host:port, path...) and quote pieces of it.
+            raise StateError(
+                f"--state {shown}: the password in the URL holds '/', '?', '#' or '@' as they"
+                " are: percent-encode them (%2F, %3F, %23, %40), or leave the password out of"
+                " the URL and use PGPASSWORD or PGPASSFILE"
+            )
     conninfo, own, password = _split(url)
     schema = own.get("schema", DEFAULT_SCHEMA)
     _check_schema(schema, shown)
