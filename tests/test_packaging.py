@@ -24,7 +24,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.test_wheel import fresh_venv, run
+from tests.test_wheel import fresh_venv, install_offline, run
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -163,22 +163,7 @@ def test_sdist_installs_and_runs_its_own_tests(tmp_path: Path) -> None:
 
     venv = fresh_venv(tmp_path)
     python = venv / "bin" / "python"
-    install = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--no-deps",
-            "--no-index",
-            "--no-build-isolation",
-            str(sdist),
-        ],
-        tmp_path,
-    )
-    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    install_offline(python, sdist, tmp_path, "--no-build-isolation")
     version = run([str(venv / "bin" / "modelsync"), "--version"], tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("modelsync "), version
 

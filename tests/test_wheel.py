@@ -88,6 +88,27 @@ def fresh_venv(tmp_path: Path) -> Path:
     return venv
 
 
+def install_offline(python: Path, artifact: Path, cwd: Path, *flags: str) -> str:
+    """pip-install a built wheel or sdist into ``python``'s venv, offline; its output."""
+    install = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            *flags,
+            str(artifact),
+        ],
+        cwd,
+    )
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    return install.stdout
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
@@ -110,21 +131,7 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
 
     venv = fresh_venv(tmp_path)
     python = venv / "bin" / "python"
-    install = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--no-deps",
-            "--no-index",
-            str(wheel),
-        ],
-        tmp_path,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    install_offline(python, wheel, tmp_path)
 
     where = run([str(python), "-c", "import modelsync; print(modelsync.__file__)"], tmp_path)
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr

@@ -108,25 +108,34 @@ def _scheme(location: str) -> str:
     return found.group(1).lower() if found else "file"
 
 
-def url_password(location: str) -> str | None:
-    """The password of a URL exactly as written (percent-encoded or not, valid or not)."""
-    _head, colon, rest = location.partition("://")
+def _userinfo(location: str) -> tuple[str, str, str, str] | None:
+    """(scheme, user, password, the rest) of a URL with a password, as written; else None.
+
+    A password may hold '/', '?' or '#' when it is not percent-encoded: everything up to
+    the last '@' of the whole text is the user and the password.
+    """
+    head, colon, rest = location.partition("://")
     if not colon or "@" not in rest:
         return None
-    _user, has_password, secret = rest.rpartition("@")[0].partition(":")
-    return secret if has_password and secret else None
+    userinfo, _at, after = rest.rpartition("@")
+    user, has_password, secret = userinfo.partition(":")
+    return (head, user, secret, after) if has_password else None
+
+
+def url_password(location: str) -> str | None:
+    """The password of a URL exactly as written (percent-encoded or not, valid or not)."""
+    parts = _userinfo(location)
+    if parts is None or not parts[2]:
+        return None
+    return parts[2]
 
 
 def mask_url(location: str) -> str:
     """A state URL as it may be shown: its password, if any, masked (also ``password=``)."""
-    head, colon, rest = location.partition("://")
-    if colon and "@" in rest:
-        # A password may hold '/', '?' or '#' when it is not percent-encoded: everything up
-        # to the last '@' of the whole text is the user and the password.
-        userinfo, _at, after = rest.rpartition("@")
-        user, has_password, _secret = userinfo.partition(":")
-        if has_password:
-            location = f"{head}://{user}:***@{after}"
+    parts = _userinfo(location)
+    if parts is not None:
+        head, user, _secret, after = parts
+        location = f"{head}://{user}:***@{after}"
     base, sep, query = location.partition("?")
     if not sep:
         return base
