@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +75,13 @@ class StateBackend(Protocol):
         """The sandbox's own state beside this one, for ``endpoint``: ``apply --sandbox``
         never touches this one."""
         ...
+
+
+def known_ids(model_ids: Iterable[str], models: Mapping[str, object]) -> list[str]:
+    """The ids ``forget`` acts on: once each, in order, only those the state holds (a lone
+    string is one id, not its characters)."""
+    ids = [model_ids] if isinstance(model_ids, str) else model_ids
+    return [mid for mid in dict.fromkeys(ids) if mid in models]
 
 
 # Scheme -> "module:factory". The factory takes (location, endpoint) and returns a backend;

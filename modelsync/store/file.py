@@ -30,7 +30,7 @@ import filelock
 
 from modelsync.errors import StateError
 from modelsync.records import ModelRecord, State
-from modelsync.store import StateWriter, trust
+from modelsync.store import StateWriter, known_ids, trust
 from modelsync.store.fileio import (
     FILE_MODE,
     MAX_DEPTH,
@@ -255,11 +255,9 @@ class StateStore:
 
     def forget(self, model_ids: Iterable[str]) -> None:
         """Durably remove models from the state (unknown ids are ignored)."""
-        if isinstance(model_ids, str):
-            model_ids = [model_ids]
         with self._mutex:
             self._check_open()
-            known = [mid for mid in dict.fromkeys(model_ids) if mid in self._models]
+            known = known_ids(model_ids, self._models)
             if not known:
                 return
             self._append(b"".join(del_line(mid) for mid in known))

@@ -32,9 +32,9 @@ import psycopg
 from modelsync.errors import StateError
 from modelsync.records import ModelRecord, State
 from modelsync.redact import redact
+from modelsync.store import known_ids, trust
 from modelsync.store import postgres_conn as pg
 from modelsync.store import postgres_fallback as fb
-from modelsync.store import trust
 from modelsync.store.postgres_sql import (
     SQL_ACQUIRE,
     SQL_DELETE,
@@ -246,11 +246,9 @@ class PostgresWriter:
 
     def forget(self, model_ids: Iterable[str]) -> None:
         """Drop records (one fenced DELETE); kept in the fallback journal if it cannot be."""
-        if isinstance(model_ids, str):
-            model_ids = [model_ids]
         with self._mutex:
             self._check_open()
-            known = [mid for mid in dict.fromkeys(model_ids) if mid in self._models]
+            known = known_ids(model_ids, self._models)
             if not known:
                 return
             if self._mode in ("ok", "draining") and self._delete(known):
