@@ -1,9 +1,9 @@
-"""The file backend: a JSON snapshot, an fsynced journal, an OS lock (DESIGN §2).
+"""The file backend: a JSON snapshot, a journal, an OS lock (DESIGN §2).
 
 Files, all mode 0600, beside the snapshot ``X.state.json``:
 
 - ``X.state.json.backup``: the previous snapshot, kept whenever a commit changes the state;
-- ``X.state.json.journal``: during a run, one fsynced JSON line per recorded result
+- ``X.state.json.journal``: during a run, one JSON line per recorded result (synced in batches)
   (a header line first), folded into the snapshot at the end of the run or on the next start
   (:mod:`modelsync.store.journal`);
 - ``X.state.json.lock``: the OS lock (flock) that lets one run at a time write the state;
@@ -237,7 +237,8 @@ class StateStore:
             )
 
     def record(self, model_id: str, record: ModelRecord) -> None:
-        """Durably record one result (one fsynced journal line); safe to call from threads."""
+        """Record one result (one journal line, written before this returns, so a killed process
+        keeps it; synced in the background); safe to call from threads."""
         if not isinstance(model_id, str) or not model_id:
             raise ValueError(f"model_id must be a non-empty string, not {model_id!r}")
         data = record.to_json()
@@ -254,7 +255,7 @@ class StateStore:
             self._models[model_id] = frozen
 
     def forget(self, model_ids: Iterable[str]) -> None:
-        """Durably remove models from the state (unknown ids are ignored)."""
+        """Remove models from the state, journaled like record() (unknown ids are ignored)."""
         with self._mutex:
             self._check_open()
             known = known_ids(model_ids, self._models)
@@ -283,7 +284,7 @@ class StateStore:
             raise RuntimeError(f"StateStore for {self._path} is not open (use it in a with block)")
 
     def _append(self, data: bytes) -> None:
-        """Append to the journal; return once it is durable. Called with the mutex held."""
+        """Append to the journal; return once it is written. Called with the mutex held."""
         journal = self._journal
         # A closed journal that is not broken was committed but could not be removed: start
         # anew (which then says why); a broken one refuses every further line.

@@ -1,15 +1,17 @@
-"""The journal of the file backend: one fsynced JSON line per recorded result (DESIGN §2).
+"""The journal of the file backend: one JSON line per recorded result (DESIGN §2).
 
 The first line is a header, ``{"op": "begin", "format_version": 1, "lineage": ...,
 "base_serial": N}``: the snapshot the journal continues. Each further line is
 ``{"op": "put", "model_id": ..., "record": {...}}`` or ``{"op": "del", "model_id": ...}``.
 A torn last line is the append a killed process never finished: ignored, since nobody
-was told it was recorded. Any other damage is refused.
+was told it was recorded. Any other damage is refused. Lines are written at once and
+synced in batches by a background thread (:class:`JournalFile`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -32,6 +34,8 @@ from modelsync.store.fileio import (
     write_all,
 )
 from modelsync.store.trust import FORMAT_VERSION, USE_ANOTHER_STATE
+
+_log = logging.getLogger(__name__)
 
 Op = tuple[str, ModelRecord | None]  # (model_id, the record; None: forgotten)
 _Damaged = Callable[[int, str], StateError]
@@ -175,12 +179,18 @@ def _datasync(fd: int) -> None:
 
 
 class JournalFile:
-    """A journal open for appending, shared by threads, with group commit.
+    """A journal open for appending, shared by threads, made durable in the background.
 
-    Every method is called with the lock of ``changed`` held (the writer's mutex);
-    :meth:`append` releases it while it syncs so that other threads write their lines
-    meanwhile. After a failed write the file may end in a torn line; appending after it
-    would turn that line into damage in the middle, so the journal takes no more lines.
+    :meth:`append` returns once its line is written: in the operating system's page cache,
+    which a killed process (``kill -9``, the OOM killer, a CI timeout) cannot take back. A
+    syncer thread then makes the lines durable against power loss too, one ``fdatasync`` per
+    batch, without holding up the caller; :meth:`wait_idle` (before a commit) and
+    :meth:`close` wait for it. Why this trade is right is in docs/state.md (Durability).
+
+    Every method is called with the lock of ``changed`` held (the writer's mutex). After a
+    failed write the file may end in a torn line, and after a failed sync the kernel may have
+    dropped lines it had (fsync errors are not retried: the pages may be gone); either way
+    the journal takes no more lines.
     """
 
     def __init__(self, path: Path, state_path: Path, changed: threading.Condition) -> None:
@@ -188,13 +198,12 @@ class JournalFile:
         self._state_path = state_path
         self._changed = changed
         self.fd: int | None = None
-        self.broken: str | None = None  # why an earlier write failed
-        # Lines written to the file, lines known to be durable, whether a thread is
-        # syncing, and appends still in progress.
+        self.broken: str | None = None  # why an earlier write or sync failed
+        # Lines written to the file, lines known to be durable, and the syncer's life.
         self._written = 0
         self._durable = 0
-        self._syncing = False
-        self._appending = 0
+        self._closing = False
+        self._syncer: threading.Thread | None = None
 
     @classmethod
     def create(cls, path: Path, state_path: Path, changed: threading.Condition) -> JournalFile:
@@ -214,7 +223,7 @@ class JournalFile:
         return journal
 
     def begin(self, header: bytes) -> None:
-        """Write and sync the header line, and the journal's name in its folder."""
+        """Write and sync the header line and the journal's name in its folder; start syncing."""
         assert self.fd is not None
         try:
             write_all(self.fd, header)
@@ -227,9 +236,13 @@ class JournalFile:
             ) from None
         # The journal's name must survive a crash too, not only its contents.
         fsync_dir(self.path.parent)
+        syncer = threading.Thread(target=self._sync_forever, args=(self.fd,), daemon=True)
+        syncer.name = "modelsync-journal-sync"
+        self._syncer = syncer
+        syncer.start()
 
     def append(self, data: bytes) -> None:
-        """Append ``data``; return once it is durable."""
+        """Append ``data``; return once it is written (the syncer makes it durable)."""
         if self.broken is not None:
             raise StateError(
                 f"cannot record in the journal {self.path} of state {self._state_path}: an"
@@ -237,63 +250,69 @@ class JournalFile:
             )
         fd = self.fd
         assert fd is not None
-        self._appending += 1
         try:
-            try:
-                write_all(fd, data)
-            except OSError as exc:
-                self.broken = reason(exc)
-                raise self._append_failed(self.broken) from None
-            self._written += 1
-            self._sync_upto(fd, self._written)
-        finally:
-            self._appending -= 1
-            if not self._appending:
-                self._changed.notify_all()
+            write_all(fd, data)
+        except OSError as exc:
+            self.broken = reason(exc)
+            raise StateError(
+                f"cannot append to the journal {self.path} of state {self._state_path}:"
+                f" {self.broken}; this result was not recorded; free disk space or fix"
+                " permissions and run again (results recorded before are kept)"
+            ) from None
+        self._written += 1
+        self._changed.notify_all()
 
-    def _sync_upto(self, fd: int, ticket: int) -> None:
-        # Group commit: one fdatasync per batch, not per line. A thread that finds no sync
-        # running syncs every line written so far, with the mutex released so that other
-        # threads write theirs meanwhile; they wait for the next sync. Each caller still
-        # returns only once its own line is durable.
-        while self._durable < ticket:
-            if self.broken is not None:
-                raise self._append_failed(self.broken)
-            if self._syncing:
-                self._changed.wait()
-                continue
-            self._syncing = True
-            upto = self._written
-            error: OSError | None = None
-            self._changed.release()
+    def _sync_forever(self, fd: int) -> None:
+        # Group commit: one fdatasync covers every line written before it started; lines
+        # written meanwhile wait for the next one. The mutex is released while syncing.
+        with self._changed:
             try:
-                _datasync(fd)
-            except OSError as exc:
-                error = exc
+                while self._sync_once(fd):
+                    pass
             finally:
-                self._changed.acquire()
-                self._syncing = False
+                self._syncer = None
                 self._changed.notify_all()
-            if error is not None:
-                self.broken = reason(error)
-                raise self._append_failed(self.broken)
-            self._durable = max(self._durable, upto)
 
-    def _append_failed(self, why: str) -> StateError:
-        return StateError(
-            f"cannot append to the journal {self.path} of state {self._state_path}:"
-            f" {why}; this result was not recorded; free disk space or fix"
-            " permissions and run again (results recorded before are kept)"
-        )
+    def _sync_once(self, fd: int) -> bool:
+        """Wait for lines to sync and sync them; False when the syncer should end."""
+        while self._durable >= self._written and not self._closing:
+            self._changed.wait()
+        if self._durable >= self._written or self.broken is not None:
+            return False
+        upto = self._written
+        error: OSError | None = None
+        self._changed.release()
+        try:
+            _datasync(fd)
+        except OSError as exc:
+            error = exc
+        finally:
+            self._changed.acquire()
+        if error is not None:
+            self.broken = f"syncing it failed: {reason(error)}"
+            _log.error(
+                "cannot sync the journal %s of state %s: %s; results recorded since the last"
+                " sync may be lost on a power cut or a crash of the machine",
+                self.path,
+                self._state_path,
+                reason(error),
+            )
+        else:
+            self._durable = upto
+        self._changed.notify_all()
+        return True
 
     def wait_idle(self) -> None:
-        """Wait until no thread is appending (its descriptor must not be closed under it)."""
-        while self._appending:
+        """Wait until every line written is durable (or a sync failed: ``broken``)."""
+        while self._syncer is not None and self._durable < self._written and not self.broken:
             self._changed.wait()
 
     def close(self) -> None:
-        """Close the descriptor, once no thread is appending; ``broken`` is kept."""
-        self.wait_idle()
+        """Sync what is left, stop the syncer, close the descriptor; ``broken`` is kept."""
+        self._closing = True
+        self._changed.notify_all()
+        while self._syncer is not None:
+            self._changed.wait()
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
