@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,11 +154,15 @@ def run_apply(
 
 
 class _Pool:
-    """Starts submissions while there is room, collects them as they end.
+    """Runs submissions on up to ``threads`` threads, collects them as they end.
 
-    It also keeps the run's time bounds: at the ``--deadline``, at the end of the
-    ``--grace`` after a signal, or at a second SIGINT, it abandons the requests in
-    flight (their state stays ``pending``) instead of waiting for their answers.
+    A thread that ends a submission starts the next one itself while there is room (no
+    hop through the main thread between two requests: each hop waits for the GIL). The
+    main thread starts the first ones, starts more when a backoff or the breaker frees
+    room, reports results in order of arrival, and keeps the run's time bounds: at the
+    ``--deadline``, at the end of the ``--grace`` after a signal, or at a second SIGINT,
+    it abandons the requests in flight (their state stays ``pending``) instead of
+    waiting for their answers.
     """
 
     def __init__(
@@ -177,24 +181,29 @@ class _Pool:
         self.stop = controls.stop
         self.watch = controls.watch
         self.backoffs = controls.backoffs
+        self.changed = controls.backoffs.changed  # guards what follows
         self.deadline = deadline
         self.clock = clock
         self.abort = abort
         self.abandoned = False
+        self.closed = False
         self.state_error: str | None = None
-        self.pending: dict[Future[ModelResult], Change] = {}
+        self.active = 0  # submissions started and not ended
+        self.ended: list[tuple[Change, ModelResult | None, BaseException | None]] = []
 
     def room(self) -> bool:
-        # At most `workers` submissions started and not asleep in a backoff, and no more
-        # than the pool's threads: a stop then leaves the rest unstarted instead of
-        # queued inside the pool. While the breaker is open, new models wait; one goes
-        # as a probe when no retry is under way to probe for them.
+        # Called with `changed` held. At most `workers` submissions started and not asleep
+        # in a backoff, and no more than the pool's threads: a stop then leaves the rest
+        # unstarted instead of queued inside the pool. While the breaker is open, new
+        # models wait; one goes as a probe when no retry is under way to probe for them.
         return (
             bool(self.queue)
-            and len(self.pending) < self.threads
-            and len(self.pending) - self.backoffs.asleep < self.workers
+            and not self.closed
+            and self.active < self.threads
+            and self.active - self.backoffs.asleep < self.workers
             and not self.stop.is_set()
-            and (not self.watch.paused or not self.pending)
+            and (self.deadline is None or self.clock() < self.deadline)
+            and (not self.watch.paused or not self.active)
         )
 
     def run(
@@ -202,39 +211,81 @@ class _Pool:
         work: Callable[[Change], ModelResult],
         done: Callable[[ModelResult], None],
     ) -> None:
-        changed = self.backoffs.changed
-
-        def ended(_future: Future[ModelResult]) -> None:
-            with changed:
-                changed.notify_all()
-
+        changed = self.changed
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="modelsync") as pool:
-            while self.queue or self.pending:
-                self._keep_time()
-                self._start(pool, work, ended)
-                if not self.pending:
-                    break
+            try:
+                self._supervise(pool, work, done)
+            except BaseException:
                 with changed:
-                    if not self.room() and not any(f.done() for f in self.pending):
-                        changed.wait(timeout=0.2)
-                for future in [f for f in self.pending if f.done()]:
-                    done(self._collect(future))
-            for change in reversed(self.queue):
-                done(skipped(change, self.stop.reason or "the run stopped"))
+                    self.closed = True  # the threads start nothing more
+                raise
+        for change in reversed(self.queue):
+            done(skipped(change, self.stop.reason or "the run stopped"))
 
-    def _collect(self, future: Future[ModelResult]) -> ModelResult:
-        change = self.pending.pop(future)
-        try:
-            return future.result()
-        except StateError as exc:
-            # The state can record nothing more: stop, keep what was recorded, and still
-            # report what happened (exit 4).
-            self.state_error = self.state_error or str(exc)
-            self.stop.set(f"the state could not record a result: {exc}", ExitCode.STATE)
-            self.stop.abandon()
-            return ModelResult(
-                change.model_id, change.action, "failed", 0, None, f"not recorded: {exc}", 0.0
-            )
+    def _supervise(
+        self,
+        pool: ThreadPoolExecutor,
+        work: Callable[[Change], ModelResult],
+        done: Callable[[ModelResult], None],
+    ) -> None:
+        changed = self.changed
+        while True:
+            self._keep_time()
+            with changed:
+                while self.room():
+                    pool.submit(self._submissions, work, self._take())
+                if not self.ended and self.active:
+                    changed.wait(timeout=0.2)
+                ended, self.ended = self.ended, []
+                idle = not self.active and not ended
+            for change, result, error in ended:
+                done(self._collect(change, result, error))
+            if idle and not self.room_later():
+                return
+
+    def room_later(self) -> bool:
+        """Nothing runs: is there a model left that may still start?"""
+        with self.changed:
+            return self.room()
+
+    def _take(self) -> Change:
+        self.active += 1
+        return self.queue.pop()
+
+    def _submissions(self, work: Callable[[Change], ModelResult], change: Change) -> None:
+        """Submit ``change``, then the next ones while there is room (on a pool thread)."""
+        next_change: Change | None = change
+        while next_change is not None:
+            current, next_change = next_change, None
+            result: ModelResult | None = None
+            error: BaseException | None = None
+            try:
+                result = work(current)
+            except BaseException as exc:  # reported by the main thread
+                error = exc
+            with self.changed:
+                self.active -= 1
+                self.ended.append((current, result, error))
+                if error is None and self.room():
+                    next_change = self._take()
+                self.changed.notify_all()
+
+    def _collect(
+        self, change: Change, result: ModelResult | None, error: BaseException | None
+    ) -> ModelResult:
+        if error is None:
+            assert result is not None
+            return result
+        if not isinstance(error, StateError):
+            raise error
+        # The state can record nothing more: stop, keep what was recorded, and still
+        # report what happened (exit 4).
+        self.state_error = self.state_error or str(error)
+        self.stop.set(f"the state could not record a result: {error}", ExitCode.STATE)
+        self.stop.abandon()
+        return ModelResult(
+            change.model_id, change.action, "failed", 0, None, f"not recorded: {error}", 0.0
+        )
 
     def _keep_time(self) -> None:
         if self.deadline is not None and self.clock() >= self.deadline:
@@ -243,18 +294,6 @@ class _Pool:
         if not self.abandoned and self.stop.should_abandon():
             self.abandoned = True
             self.abort(self.stop.reason or "the run stopped")
-
-    def _start(
-        self,
-        pool: ThreadPoolExecutor,
-        work: Callable[[Change], ModelResult],
-        ended: Callable[[Future[ModelResult]], None],
-    ) -> None:
-        while self.room():
-            change = self.queue.pop()
-            future = pool.submit(work, change)
-            self.pending[future] = change
-            future.add_done_callback(ended)
 
 
 def _conflict(change: Change) -> ModelResult:

@@ -10,6 +10,7 @@ against a real sandbox over HTTP on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -1155,9 +1156,14 @@ def test_apply_api_down_with_parallelism_is_bounded(
     assert 10 <= requests_mock.call_count <= DOWN_STREAK + 3 + PROBE_MODELS * PROBES_EACH
     report = json.loads(out)
     assert report["stop_reason"].startswith("the API looks down: 10 failed attempts in a row")
-    assert "failed probes over 3 models" in report["stop_reason"]
+    # 3 models with 2 failed probes each; the requests in flight at the pause probe too,
+    # with the attempts they had left (1 or 2), so 3 to 6 models were probed.
+    probed = re.search(r"failed probes over (\d+) models", report["stop_reason"])
+    assert probed is not None and 3 <= int(probed.group(1)) <= 3 + 3
     assert report["summary"]["submitted"] == 0
-    assert report["summary"]["skipped"] >= 12
+    # Started: at most 9 models before the pause (10 failures, 2 attempts each, 4 at a
+    # time) and 3 probing models after it; the other 8 or more were never sent.
+    assert report["summary"]["skipped"] >= 8
     assert report["summary"]["failed"] + report["summary"]["skipped"] == 20
 
 
