@@ -8,6 +8,7 @@ manifest loader and the state backends.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -96,9 +97,9 @@ class ModelSpec:
         body.update(self.resolved)
         return body
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the request without force_load."""
+        """sha256 of the canonical JSON of the request without force_load (computed once)."""
         return fingerprint(self.request("no"))
 
 

@@ -269,10 +269,12 @@ class Transport:
             settings = session.merge_environment_settings(template.url, {}, True, None, None)
         request = template.copy()
         request.prepare_body(None, None, payload)
-        # The session's cookies as they are now, copied as Session.request merges them.
-        cookies = RequestsCookieJar()
-        cookies.update(session.cookies)
-        request.prepare_cookies(cookies)
+        if session.cookies:
+            # The session's cookies as they are now, copied as Session.request merges them
+            # (an API that sets none, the usual case, costs no cookie handling here).
+            cookies = RequestsCookieJar()
+            cookies.update(session.cookies)
+            request.prepare_cookies(cookies)
         response = session.send(request, timeout=self._timeout, allow_redirects=False, **settings)
         try:
             chunks: list[bytes] = []
