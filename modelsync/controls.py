@@ -144,7 +144,10 @@ class AdaptiveGate:
                     self._successes = 0
                     if self._refused_at is not None and self.limit > self._refused_at:
                         self._refused_at = None  # the server has room again
-            self._cond.notify_all()
+            # Wake as many waiters as there are free slots, not every one of them.
+            free = self.limit - self._in_flight
+            if free > 0:
+                self._cond.notify(free)
 
 
 class HealthWatch:
