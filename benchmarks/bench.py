@@ -51,6 +51,19 @@ class Row:
     ok: bool | None  # None: information, no target
     rss_mb: list[float] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)
+    # The part of the verdict that is no time (a count, an import): judged by --quick too.
+    check: bool | None = None
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One targeted ratio, for the summary at the top of the document."""
+
+    what: str
+    value: float
+    target: str
+    ok: bool
+    detail: str = ""
 
 
 class Failure(RuntimeError):
@@ -63,7 +76,14 @@ def median(values: Sequence[float]) -> float:
 
 
 def timed_row(
-    number: str, scenario: str, runs: Sequence[Run], target: str, verdict: str, ok: bool | None
+    number: str,
+    scenario: str,
+    runs: Sequence[Run],
+    target: str,
+    verdict: str,
+    ok: bool | None,
+    *,
+    check: bool | None = None,
 ) -> Row:
     """A row of wall times, with the runs' peak memory and CPU time."""
     return Row(
@@ -76,6 +96,7 @@ def timed_row(
         ok,
         [r.max_rss_mb for r in runs],
         [r.cpu_seconds for r in runs],
+        check,
     )
 
 
@@ -91,6 +112,7 @@ class Bench:
         self.alias_bomb = workdir / "alias-bomb.yaml"
         gen.write_alias_bomb(self.alias_bomb)
         self.notes: list[str] = []
+        self.ratios: list[Ratio] = []
         # Written by the scenarios that build them, read by later ones: (state, endpoint).
         self.small_state: tuple[Path, str] | None = None
         self.large_state: tuple[Path, str] | None = None
@@ -101,6 +123,15 @@ class Bench:
     def close(self) -> None:
         """Stop the launcher of children."""
         self._launcher.close()
+
+    def ratio(
+        self, what: str, value: float, limit: float, *, at_least: bool = False, detail: str = ""
+    ) -> bool:
+        """Note a targeted ratio (at most ``limit``, or at least); whether it is met."""
+        ok = value >= limit if at_least else value <= limit
+        target = f"{'≥' if at_least else '≤'} {limit:g} ×"
+        self.ratios.append(Ratio(what, value, target, ok, detail))
+        return ok
 
     def manifest(self, count: int, *, misspelt: bool = False) -> Path:
         """The generated manifest of ``count`` models (written once)."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.bench import LATENCY_MS, PARALLELISM, ROOT, Row, Sizes, median
+from benchmarks.bench import LATENCY_MS, PARALLELISM, ROOT, Ratio, Row, Sizes, median
 
 
 def machine() -> dict[str, str]:
@@ -58,7 +58,7 @@ def _fmt(value: float, unit: str) -> str:
     if unit == "µs":
         return f"{value:,.0f} µs"
     if unit == "×":
-        return f"{value:.2f} ×"
+        return f"{value:.2f} ×" if value != float("inf") else "∞"
     return f"{value:,.0f}"
 
 
@@ -94,8 +94,28 @@ class Context:
     sizes: Sizes
 
 
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def render_ratios(ratios: Sequence[Ratio]) -> str:
+    """The targeted ratios, one line each."""
+    lines = ["| ratio | value | target | medians | |", "|---|---:|---|---|---|"]
+    for ratio in ratios:
+        mark = "✅" if ratio.ok else "❌"
+        lines.append(
+            f"| {ratio.what} | {_fmt(ratio.value, '×')} | {ratio.target} | {ratio.detail} "
+            f"| {mark} |"
+        )
+    return "\n".join(lines)
+
+
 def render_document(
-    rows: Sequence[Row], notes: Sequence[str], phase_tables: str, context: Context
+    rows: Sequence[Row],
+    ratios: Sequence[Ratio],
+    notes: Sequence[str],
+    phase_tables: str,
+    context: Context,
 ) -> str:
     """docs/benchmarks.md."""
     sizes, info = context.sizes, context.info
@@ -103,9 +123,12 @@ def render_document(
     if sizes.quick:
         verdict = (
             "A smoke run (`--quick`): tiny sizes, one run each; it checks that every "
-            "scenario works. The targets are for the full sizes: the marks only show "
-            "the direction."
+            "scenario works and every count is right. The time targets are for the full "
+            "sizes: their marks only show the direction."
         )
+        failed = [r.scenario for r in rows if r.check is False]
+        if failed:
+            verdict += " **Checks failed**: " + "; ".join(failed) + "."
     elif met:
         verdict = "All targets met."
     else:
@@ -122,9 +145,9 @@ def render_document(
         "reference, ...) so that the machine's drift hits both alike. The API is the sandbox",
         f"running as a separate process (`python -m modelsync sandbox --latency {LATENCY_MS:g}"
         " ...`), a fresh one for every apply.",
-        f"Each is run {sizes.repeat} times ({max(sizes.repeat, 5)} for start-up): median, min "
-        "and max wall time; peak RSS is the child's own `ru_maxrss` and CPU its user + system "
-        "time (from `os.wait4`).",
+        f"Each is run {_times(sizes.repeat)} ({max(sizes.repeat, 5)} times for start-up): "
+        "median, min and max wall time; peak RSS is the child's own `ru_maxrss` and CPU "
+        "its user + system time (from `os.wait4`).",
         "",
         "```console",
         f"$ {context.command}",
@@ -135,9 +158,15 @@ def render_document(
         f"- load average (1, 5, 15 min) at start: {context.loads[0]}; at end: {context.loads[1]}",
         f"- Python {info['python']}; modelsync at `{info['revision']}`",
         "",
-        render_table(rows),
+        "## The ratios",
+        "",
+        render_ratios(ratios),
         "",
         verdict,
+        "",
+        "## Every figure",
+        "",
+        render_table(rows),
         "",
         f"## Linearity (scenario 8: {phase_sizes} models)",
         "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ MISSPELT_MEMORY = 1.5
 # A state is bound to its endpoint; plan never contacts it.
 OFFLINE_ENDPOINT = "http://127.0.0.1:9/api/v3/load_model"
 # One line per problem: "FILE:LINE:COL: models[I] (id 'ID'): ...".
+_SUMMARY = re.compile(rb"^Plan: (?P<create>\d+) to create, .* (?P<unchanged>\d+) unchanged", re.M)
 _PROBLEM = re.compile(rb"^[^\n]*:\d+:\d+: models\[\d+\] \(id '[^']*'\): ", re.MULTILINE)
 
 
@@ -36,6 +38,20 @@ def stock_load(manifest: Path) -> list[str]:
 
 def _plan(manifest: Path, state: Path, endpoint: str) -> list[str]:
     return modelsync("plan", str(manifest), "--endpoint", endpoint, "--state", str(state))
+
+
+def _expect_plan(run: Run, count: int, command: str) -> None:
+    """A plan with no state creates every model; against a full state, all are unchanged."""
+    if not command.startswith("plan-"):
+        return
+    found = _SUMMARY.search(run.stdout.read_bytes())
+    create, unchanged = (int(found["create"]), int(found["unchanged"])) if found else (-1, -1)
+    wanted = (count, 0) if command == "plan-empty" else (0, count)
+    if (create, unchanged) != wanted:
+        raise Failure(
+            f"{command}: expected {wanted[0]} to create and {wanted[1]} unchanged, the plan "
+            f"says {create} and {unchanged} (see {run.stdout})"
+        )
 
 
 # --------------------------------------------------------------------------- 7, 4b
@@ -57,6 +73,7 @@ def startup(bench: Bench) -> list[Row]:
                 "≤ 0.30 s; imports none of " + "/".join(HEAVY_IMPORTS[:3]),
                 "imports: " + (", ".join(heavy) if heavy else "none of them"),
                 median([r.seconds for r in runs]) <= 0.30 and not heavy,
+                check=not heavy,
             )
         )
     return rows
@@ -116,6 +133,7 @@ def validate_plan(bench: Bench) -> list[Row]:
     for _ in range(bench.sizes.repeat):
         for name, argv in cases.items():
             runs[name].append(bench.run(argv, f"s4-{name}"))
+            _expect_plan(runs[name][-1], n, name)
 
     rows = []
     limits = {
@@ -156,7 +174,12 @@ def validate_plan(bench: Bench) -> list[Row]:
             "×",
             f"≤ {PLAN_RATIO:.2f} ×",
             f"{t_plan:.2f} s vs {t_stock:.2f} s (medians)",
-            t_plan <= PLAN_RATIO * t_stock,
+            bench.ratio(
+                f"plan of {n:,} models against a full state / stock YAML load",
+                t_plan / t_stock,
+                PLAN_RATIO,
+                detail=f"{t_plan:.2f} s vs {t_stock:.2f} s",
+            ),
         )
     )
     return rows
@@ -174,15 +197,18 @@ COMMANDS = {
     "plan-empty": "`plan`, no state",
     "plan-full": "`plan`, full state",
 }
-# Each phase: (label, the command, the command it adds a step to, whether per model).
+# Each phase: (label, the command, the command it adds a step to, how it is shown):
+# "fixed" (seconds only), "reference" (per model, not judged), "step" (per model, judged).
 PHASES = (
-    ("start-up", "version", "pass", False),
-    ("stock YAML load (the reference)", "stock", "pass", True),
-    ("parse + validate", "validate", "version", True),
-    ("plan without state", "plan-empty", "validate", True),
-    ("state read + diff", "plan-full", "plan-empty", True),
-    ("whole `plan` with a full state", "plan-full", "pass", True),
+    ("start-up", "version", "pass", "fixed"),
+    ("stock YAML load (the reference)", "stock", "pass", "reference"),
+    ("parse + validate", "validate", "version", "step"),
+    ("plan without state", "plan-empty", "validate", "step"),
+    ("state read + diff", "plan-full", "plan-empty", "step"),
+    ("whole `plan` with a full state", "plan-full", "pass", "step"),
 )
+# The commands whose per-model memory is judged (the stock load is the reference).
+MEMORY_JUDGED = ("validate", "plan-empty", "plan-full")
 # Phases too small to judge: under this share of the whole plan at the largest size.
 _NOISE_SHARE = 0.05
 
@@ -215,11 +241,14 @@ def phases(bench: Bench) -> Phases:
     """Scenario 8: every command of COMMANDS at every size, interleaved per repeat."""
     sizes = bench.sizes.phases
     cases: dict[int, dict[str, list[str]]] = {}
+    setup: dict[int, float] = {}
     for size in sizes:
         manifest = bench.manifest(size)
         state = bench.dir / f"full-{size}.state.json"
         bench.echo(f"  setup: a state of all {size:,} models (untimed)")
+        start = time.perf_counter()
         fixtures.write_state(manifest, state, endpoint=OFFLINE_ENDPOINT, env=bench.env)
+        setup[size] = time.perf_counter() - start
         cases[size] = {
             "pass": [PYTHON, "-c", "pass"],
             "version": modelsync("--version"),
@@ -228,22 +257,28 @@ def phases(bench: Bench) -> Phases:
             "plan-empty": _plan(manifest, bench.dir / "missing.state.json", OFFLINE_ENDPOINT),
             "plan-full": _plan(manifest, state, OFFLINE_ENDPOINT),
         }
+    bench.notes.append(
+        "Scenario 8 setup (untimed): writing the full states took "
+        + ", ".join(f"{t:.1f} s for {size:,}" for size, t in setup.items())
+        + " models (one fsynced journal line per model, then one snapshot)."
+    )
     runs: dict[int, dict[str, list[Run]]] = {s: {c: [] for c in COMMANDS} for s in sizes}
     for r in range(bench.sizes.repeat):
         for size in sizes:
             bench.echo(f"  repeat {r + 1}/{bench.sizes.repeat}: {size:,} models")
             for command, argv in cases[size].items():
                 runs[size][command].append(bench.run(argv, f"s8-{size}-{command}"))
+                _expect_plan(runs[size][command][-1], size, command)
     return Phases(tuple(sizes), runs)
 
 
-def linearity_rows(measured: Phases) -> list[Row]:
+def linearity_rows(bench: Bench, measured: Phases) -> list[Row]:
     """The verdicts of scenario 8: per-model time and memory, largest size / the one before."""
     small, large = measured.sizes[-2], measured.sizes[-1]
     whole = measured.phase(large, "plan-full", "pass")
     time_ratios: dict[str, float] = {}
-    for label, command, base, per_model in PHASES:
-        if not per_model:
+    for label, command, base, kind in PHASES:
+        if kind != "step":
             continue
         at_large = measured.phase(large, command, base) / large
         at_small = measured.phase(small, command, base) / small
@@ -252,7 +287,7 @@ def linearity_rows(measured: Phases) -> list[Row]:
         time_ratios[label] = at_large / at_small if at_small > 0 else float("inf")
     memory_ratios = {
         COMMANDS[c]: measured.kb_per_model(large, c) / max(measured.kb_per_model(small, c), 1e-9)
-        for c in ("stock", "validate", "plan-empty", "plan-full")
+        for c in MEMORY_JUDGED
     }
     rows = []
     for what, ratios in (("time", time_ratios), ("peak memory", memory_ratios)):
@@ -265,8 +300,13 @@ def linearity_rows(measured: Phases) -> list[Row]:
                 "×",
                 f"≤ {LINEAR:.2f} × for every step",
                 f"worst: {worst}; "
-                + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items() if k != worst),
-                ratios[worst] <= LINEAR,
+                + ", ".join(f"{k} {_ratio(v)}" for k, v in ratios.items() if k != worst),
+                bench.ratio(
+                    f"per-model {what} at {large:,} / at {small:,} models (worst step)",
+                    ratios[worst],
+                    LINEAR,
+                    detail=worst,
+                ),
             )
         )
     return rows
@@ -305,7 +345,18 @@ def misspelt(bench: Bench) -> list[Row]:
             f"≤ {MISSPELT_MEMORY:g} × its peak",
             f"{counts[0]:,} errors; {t_bad / t_good:.2f} × the time; peak {m_bad:.0f} MB "
             f"= {m_bad / m_good:.2f} × {m_good:.0f} MB",
-            t_bad <= MISSPELT_TIME * t_good and m_bad <= MISSPELT_MEMORY * m_good,
+            bench.ratio(
+                f"validate of {n:,} models with an error each / valid, time",
+                t_bad / t_good,
+                MISSPELT_TIME,
+                detail=f"{t_bad:.2f} s vs {t_good:.2f} s",
+            )
+            & bench.ratio(
+                f"validate of {n:,} models with an error each / valid, peak RSS",
+                m_bad / m_good,
+                MISSPELT_MEMORY,
+                detail=f"{m_bad:.0f} MB vs {m_good:.0f} MB",
+            ),
         ),
     ]
 
@@ -343,7 +394,8 @@ def phase_tables(measured: Phases) -> str:
         "| phase | = | " + " | ".join(f"{s:,}" for s in sizes) + f" | {last} |",
         "|---|---|" + "---:|" * (len(sizes) + 1),
     ]
-    for label, command, base, per_model in PHASES:
+    for label, command, base, kind in PHASES:
+        per_model = kind != "fixed"
         cells = []
         per = []
         for size in sizes:
@@ -354,6 +406,10 @@ def phase_tables(measured: Phases) -> str:
         formula = f"{COMMANDS[command]} − {COMMANDS[base]}"
         lines.append(f"| {label} | {formula} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}" if value != float("inf") else "∞ (not above zero at the smaller size)"
 
 
 def _secs(value: float) -> str:
