@@ -247,7 +247,10 @@ def phases(bench: Bench) -> Phases:
         state = bench.dir / f"full-{size}.state.json"
         bench.echo(f"  setup: a state of all {size:,} models (untimed)")
         start = time.perf_counter()
-        fixtures.write_state(manifest, state, endpoint=OFFLINE_ENDPOINT, env=bench.env)
+        try:
+            fixtures.write_state(manifest, state, endpoint=OFFLINE_ENDPOINT, env=bench.env)
+        except Exception as exc:  # a manifest modelsync refuses (too large?): say which
+            raise Failure(f"scenario 8 setup, the {size:,}-model state: {exc}") from exc
         setup[size] = time.perf_counter() - start
         cases[size] = {
             "pass": [PYTHON, "-c", "pass"],
