@@ -38,7 +38,7 @@ def _reference(bench: Bench, r: int, parallelism: int) -> tuple[Run, dict[str, o
         return result, _logged_bodies(sandbox)
 
 
-def _modelsync(bench: Bench, r: int, parallelism: int) -> tuple[Run, dict[str, object], Path]:
+def _modelsync(bench: Bench, r: int, parallelism: int) -> tuple[Run, dict[str, object]]:
     n = bench.sizes.small
     folder = bench.fresh(f"s1-{parallelism}-{r}")
     with _sandbox(bench, folder, r, parallelism) as sandbox:
@@ -56,7 +56,7 @@ def _modelsync(bench: Bench, r: int, parallelism: int) -> tuple[Run, dict[str, o
             raise Failure(f"scenario 1: {summary}, {received} requests for {n} models")
         if parallelism == PARALLELISM:
             bench.small_state = (state, sandbox.load_model_url)
-        return result, _logged_bodies(sandbox), state
+        return result, _logged_bodies(sandbox)
 
 
 def _logged_bodies(sandbox: SandboxProcess) -> dict[str, object]:
@@ -86,7 +86,7 @@ def apply_against_references(bench: Bench) -> list[Row]:
             run, sent_by_reference = _reference(bench, r, parallelism)
             ref[parallelism].append(run)
             bench.echo(f"{step} modelsync apply, {n:,} creates")
-            run, sent_by_modelsync, _state = _modelsync(bench, r, parallelism)
+            run, sent_by_modelsync = _modelsync(bench, r, parallelism)
             ours[parallelism].append(run)
             if r == 0 and sent_by_reference != sent_by_modelsync:
                 differ = sorted(
