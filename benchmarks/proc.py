@@ -1,5 +1,7 @@
 """Whole-process measurement: run a child, time it, read its peak memory from wait4.
 
+The children are started by a small launcher process (see ``_LAUNCHER``).
+
 And the sandbox as a separate process (in-process it would share the GIL with the
 client and cost it ~10%).
 """
@@ -41,32 +43,114 @@ class Run:
         return "\n".join(text[-lines:])
 
 
-def run(
-    args: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    logs: Path,
-    name: str,
-    timeout: float = 900.0,
-    cwd: Path | None = None,
-) -> Run:
-    """Run ``args`` to completion; its wall time and its own peak RSS via os.wait4."""
-    logs.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(args), stdout=out, stderr=err, env=dict(env), cwd=cwd)
-        watchdog = threading.Timer(timeout, _kill, (proc.pid,))
-        watchdog.start()
+# The launcher of measured children (run with ``python -S``: os, sys, json, time only).
+# A child's ru_maxrss starts at the memory of the process it was forked from (Linux keeps
+# the high-water mark across fork and exec): spawned from the benchmark itself, which
+# holds manifests and states, every child would report the benchmark's size. Spawned
+# from this small process, a child's floor is ~8 MB, below a bare `python -c pass`.
+_LAUNCHER = r"""
+import json, os, sys, time
+for line in sys.stdin:
+    job = json.loads(line)
+    out = os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.chdir(job["cwd"])
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out, 1),
+        (os.POSIX_SPAWN_DUP2, err, 2),
+    ]
+    start = time.perf_counter()
+    try:
+        pid = os.posix_spawnp(job["args"][0], job["args"], job["env"], file_actions=actions)
+    except OSError as exc:
+        os.write(err, f"cannot start {job['args'][0]}: {exc}\n".encode())
+        print(json.dumps({"pid": None}), flush=True)
+        print(json.dumps({"seconds": 0, "code": 127, "maxrss": 0, "cpu": 0}), flush=True)
+        continue
+    finally:
+        os.close(out)
+        os.close(err)
+    print(json.dumps({"pid": pid}), flush=True)
+    _pid, status, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - start
+    done = {
+        "seconds": seconds,
+        "code": os.waitstatus_to_exitcode(status),
+        "maxrss": usage.ru_maxrss,
+        "cpu": usage.ru_utime + usage.ru_stime,
+    }
+    print(json.dumps(done), flush=True)
+"""
+
+
+class Launcher:
+    """Runs the measured children from a small process of its own (see _LAUNCHER)."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [PYTHON, "-S", "-c", _LAUNCHER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the launcher (it ends when its input does)."""
+        proc = self._proc
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()
+        proc.wait(timeout=30)
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        logs: Path,
+        name: str,
+        timeout: float = 900.0,
+        cwd: Path | None = None,
+    ) -> Run:
+        """Run ``args`` to completion: its wall time, and its own peak RSS and CPU time."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        logs.mkdir(parents=True, exist_ok=True)
+        out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
+        job = {
+            "args": list(args),
+            "env": dict(env),
+            "cwd": str(cwd or Path.cwd()),
+            "stdout": str(out_path),
+            "stderr": str(err_path),
+        }
+        self._proc.stdin.write(json.dumps(job) + "\n")
+        pid = json.loads(self._next_line())["pid"]
+        watchdog = threading.Timer(timeout, _kill, (pid,)) if pid else None
+        if watchdog is not None:
+            watchdog.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
+            done = json.loads(self._next_line())
         finally:
-            watchdog.cancel()
-        seconds = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code  # reaped here: Popen must not wait for it again
-    cpu = usage.ru_utime + usage.ru_stime
-    return Run(seconds, usage.ru_maxrss / 1024.0, cpu, code, out_path, err_path)
+            if watchdog is not None:
+                watchdog.cancel()
+        return Run(
+            done["seconds"], done["maxrss"] / 1024.0, done["cpu"], done["code"], out_path, err_path
+        )
+
+    def _next_line(self) -> str:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            code = self._proc.poll()
+            raise RuntimeError(f"the launcher of benchmark children died (exit {code})")
+        return line
 
 
 def _kill(pid: int) -> None:
