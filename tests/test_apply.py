@@ -10,8 +10,8 @@ against a real sandbox over HTTP on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
