@@ -176,24 +176,24 @@ class ModelRecord:
                 response,
                 last_error,
             ) = _WRITTEN_FIELDS(data)
-        except (KeyError, TypeError):
-            raise ValueError("not a record as modelsync writes it") from None
-        cause = data.get("cause")  # without it, the dataclass's default (None) is read
-        if not (
-            (len(data) == 8 or (len(data) == 9 and "cause" in data))
-            and fingerprint.__class__ is str
-            and fingerprint
-            and request.__class__ is dict
-            and status.__class__ is str
-            and status in _STATUS_SET
-            and attempts.__class__ is int
-            and attempts >= 0
-            and (submitted_at is None or submitted_at.__class__ is str)
-            and (last_attempt_at is None or last_attempt_at.__class__ is str)
-            and (response is None or response.__class__ is dict)
-            and (last_error is None or last_error.__class__ is str)
-            and (cause is None or (cause.__class__ is str and cause in _CAUSE_SET))
-        ):
+            cause = data.get("cause")  # without it, the dataclass's default (None) is read
+            written = (
+                (len(data) == 8 or (len(data) == 9 and "cause" in data))
+                and fingerprint.__class__ is str
+                and fingerprint
+                and request.__class__ is dict
+                and status in _STATUS_SET
+                and attempts.__class__ is int
+                and attempts >= 0
+                and response.__class__ in _OBJECT_OR_NULL
+                and submitted_at.__class__ in _TEXT_OR_NULL
+                and last_attempt_at.__class__ in _TEXT_OR_NULL
+                and last_error.__class__ in _TEXT_OR_NULL
+                and (cause is None or cause in _CAUSE_SET)
+            )
+        except (KeyError, TypeError):  # not an object, a field missing, a value unhashable
+            written = False
+        if not written:
             raise ValueError("not a record as modelsync writes it")
         record = object.__new__(cls)
         object.__setattr__(record, "__dict__", data)
@@ -245,6 +245,8 @@ class ModelRecord:
 _WRITTEN_FIELDS = itemgetter(*(name for name in RECORD_FIELDS if name != "cause"))
 _STATUS_SET = frozenset(STATUSES)
 _CAUSE_SET = frozenset(CAUSES)
+_TEXT_OR_NULL = frozenset({str, type(None)})
+_OBJECT_OR_NULL = frozenset({dict, type(None)})
 
 
 def _optional_texts(data: Mapping[str, Any], where: str) -> dict[str, str | None]:
