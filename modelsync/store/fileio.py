@@ -9,7 +9,8 @@ A state path may be anything a user or an attacker put there (DESIGN §2, last b
   ``stat`` first, opens with ``O_NONBLOCK`` and checks again with ``fstat``, so it never
   waits for a writer that will not come, and reads at most :data:`MAX_FILE_BYTES`;
 - JSON nested deep enough to exhaust the interpreter's stack: :func:`loads` measures the
-  depth without recursing before it parses (:data:`MAX_DEPTH`).
+  depth without recursing before it parses (:data:`MAX_DEPTH`); :func:`quick_loads` leaves
+  duplicate keys and nesting to its caller, which :func:`json_shape` lets it prove.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ A journal always refers to the snapshot it was started from (same ``lineage``, i
 ``base_serial`` equal to the snapshot's ``serial``). A commit first replaces the snapshot,
 then removes the journal, so a journal whose base serial is older than the snapshot was
 already folded in by a commit that was killed before it could remove it.
+
+The snapshot is one JSON document written a line per model (docs/state.md, "The layout"):
+the header and ``"models":{`` on the first line, then each model sorted by id, compact with
+sorted keys, by the C encoder. It is read by the C parser when the text's own count of
+commas and brackets proves the strict parser would read the same, else by the strict parser.
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ def parse_snapshot(path: Path, raw: bytes) -> _Snapshot:
 
 def _quick_snapshot(raw: bytes) -> _Snapshot | None:
     """The snapshot as the C parser reads it, when that is provably what the strict parser
-    reads (:func:`loads`, a Python hook per object: 3x slower); None when anything is off,
+    reads (:func:`loads`, a Python hook per object: 2-3x slower); None when anything is off,
     for the strict parser to find the problem and word it."""
     try:
         doc = _checked(quick_loads(raw))
