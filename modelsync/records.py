@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Literal, cast, get_args
 
@@ -127,16 +128,18 @@ class ModelRecord:
     last_error: str | None = None
     cause: Cause | None = None  # set on failed records; absent in states before causes
 
-    def to_json(self) -> dict[str, Any]:
-        """Return the record as the plain JSON object stored in the state (a deep copy)."""
+    def to_json(self, *, copy: bool = True) -> dict[str, Any]:
+        """Return the record as the plain JSON object stored in the state: a deep copy, or
+        with ``copy=False`` one that shares the request and response (to encode at once)."""
+        request, response = self.request, self.response
         data = {
             "fingerprint": self.fingerprint,
-            "request": _plain(self.request),
+            "request": _plain(request) if copy else request,
             "status": self.status,
             "attempts": self.attempts,
             "submitted_at": self.submitted_at,
             "last_attempt_at": self.last_attempt_at,
-            "response": None if self.response is None else _plain(self.response),
+            "response": _plain(response) if copy and response is not None else response,
             "last_error": self.last_error,
         }
         if self.cause is not None:
@@ -146,6 +149,60 @@ class ModelRecord:
     @classmethod
     def from_json(cls, data: Any, *, where: str) -> ModelRecord:
         """Build a record from its JSON object; StateError naming ``where`` on a bad shape."""
+        if data.__class__ is dict:
+            try:
+                return cls.adopt_json(dict(data))
+            except ValueError:
+                pass  # worded below
+        return cls._from_other_json(data, where)
+
+    @classmethod
+    def adopt_json(cls, data: dict[str, Any]) -> ModelRecord:
+        """A record made of ``data`` itself, a JSON object as to_json writes it, which the
+        caller hands over (it must not change it); ValueError for any other object, which
+        from_json reads or words the error for.
+
+        The check costs a few type tests, and ``data`` becomes the record's fields as it is,
+        the way pickle and copy restore an instance: a frozen dataclass's __init__ sets each
+        field with object.__setattr__, which was half the cost of reading a large state.
+        """
+        try:
+            (
+                fingerprint,
+                request,
+                status,
+                attempts,
+                submitted_at,
+                last_attempt_at,
+                response,
+                last_error,
+            ) = _WRITTEN_FIELDS(data)
+            cause = data.get("cause")  # without it, the dataclass's default (None) is read
+            written = (
+                (len(data) == 8 or (len(data) == 9 and "cause" in data))
+                and fingerprint.__class__ is str
+                and fingerprint
+                and request.__class__ is dict
+                and status in _STATUS_SET
+                and attempts.__class__ is int
+                and attempts >= 0
+                and response.__class__ in _OBJECT_OR_NULL
+                and submitted_at.__class__ in _TEXT_OR_NULL
+                and last_attempt_at.__class__ in _TEXT_OR_NULL
+                and last_error.__class__ in _TEXT_OR_NULL
+                and (cause is None or cause in _CAUSE_SET)
+            )
+        except (KeyError, TypeError):  # not an object, a field missing, a value unhashable
+            written = False
+        if not written:
+            raise ValueError("not a record as modelsync writes it")
+        record = object.__new__(cls)
+        object.__setattr__(record, "__dict__", data)
+        return record
+
+    @classmethod
+    def _from_other_json(cls, data: Any, where: str) -> ModelRecord:
+        """from_json for any other object: each field checked in turn, the first problem raised."""
         if not isinstance(data, dict):
             raise StateError(f"{where}: expected an object, found {describe_kind(data)}")
         unknown = sorted(str(key) for key in data if key not in RECORD_FIELDS)
@@ -183,6 +240,14 @@ class ModelRecord:
             response=response,
             last_error=texts["last_error"],
         )
+
+
+# Every field but ``cause``, which to_json writes only when it is set.
+_WRITTEN_FIELDS = itemgetter(*(name for name in RECORD_FIELDS if name != "cause"))
+_STATUS_SET = frozenset(STATUSES)
+_CAUSE_SET = frozenset(CAUSES)
+_TEXT_OR_NULL = frozenset({str, type(None)})
+_OBJECT_OR_NULL = frozenset({dict, type(None)})
 
 
 def _optional_texts(data: Mapping[str, Any], where: str) -> dict[str, str | None]:
@@ -238,8 +303,16 @@ class State:
     exists: bool
 
 
+# The values a JSON document holds that are not containers.
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
+    if value.__class__ in _ATOMS:
+        return value
     if isinstance(value, Mapping):
+        if _ATOMS.issuperset(map(type, value.values())):
+            return dict(value)  # the usual request or answer: no container inside
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]

@@ -449,7 +449,7 @@ def test_backup_nested_deep_is_only_a_warning(
     ],
 )
 def test_numbers_beyond_json_are_refused(state: Path, number: bytes, expected: str) -> None:
-    raw = state.read_bytes().replace(b'"attempts": 1', b'"attempts": ' + number, 1)
+    raw = state.read_bytes().replace(b'"attempts":1', b'"attempts":' + number, 1)
     state.write_bytes(raw)
     with pytest.raises(StateError) as info:
         read_state(state, ENDPOINT)

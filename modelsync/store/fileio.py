@@ -9,7 +9,8 @@ A state path may be anything a user or an attacker put there (DESIGN §2, last b
   ``stat`` first, opens with ``O_NONBLOCK`` and checks again with ``fstat``, so it never
   waits for a writer that will not come, and reads at most :data:`MAX_FILE_BYTES`;
 - JSON nested deep enough to exhaust the interpreter's stack: :func:`loads` measures the
-  depth without recursing before it parses (:data:`MAX_DEPTH`).
+  depth without recursing before it parses (:data:`MAX_DEPTH`); :func:`quick_loads` leaves
+  duplicate keys and nesting to its caller, which :func:`json_shape` lets it prove.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import filelock
 
@@ -139,8 +140,13 @@ def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
         return None
     with open(fd, "rb") as handle:
         # Checked again on what was opened: the path may have been swapped since the stat.
-        _check_kind(os.fstat(fd), limit)
-        data = handle.read(limit + 1)
+        st = os.fstat(fd)
+        _check_kind(st, limit)
+        # Asked for its size and one byte more, not for the limit: a read of 1 GiB sets
+        # that much memory aside first, which cost more than reading a 6 MB state.
+        data = handle.read(st.st_size + 1)
+        if len(data) > st.st_size:  # it grew since the fstat: read on, up to the limit
+            data += handle.read(limit + 1 - len(data))
     if len(data) > limit:
         raise NotAFile(f"it grew over the limit of {_size(limit)} while it was read")
     return data
@@ -223,21 +229,66 @@ class TooDeep(ValueError):
 
 
 _ALL_BUT_QUOTES_AND_BRACKETS = bytes(b for b in range(256) if b not in b'"[]{}')
+_ALL_BUT_QUOTES_COMMAS_OPENERS_AND_DOLLARS = bytes(b for b in range(256) if b not in b'",[{$')
 _STEP = tuple(1 if b in b"[{" else -1 for b in range(256))
+
+
+def _outside_strings(raw: bytes, deleting: bytes) -> bytes:
+    """The bytes of the JSON text ``raw`` that lie outside its strings, in order, less those
+    in ``deleting`` (a table for ``bytes.translate`` that keeps the quote; one that keeps
+    ``$`` counts no ``{`` that follows one)."""
+    # Bytes will do: UTF-8 never uses an ASCII byte inside a multi-byte character. Escapes
+    # go first (left to right, as JSON reads them), so every quote left opens or closes a
+    # string; then only quotes and the bytes asked for are kept. When every quote then sits
+    # next to its partner, no string holds a byte asked for: drop the quotes. Otherwise two
+    # quotes in a row change no byte's side, so they go first, then the strings' insides.
+    # A JSON string cut short at the end (a torn journal line) is ignored.
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = raw.translate(None, deleting)
+    if b"$" in kept:
+        # A "$" is always inside a string, and so is a "{" that comes next among the bytes
+        # kept (the string's closing quote is kept): a state keeps its URLs as written,
+        # "${TOKEN}" and all. Those go, so that such strings need not be cut out below.
+        kept = kept.replace(b"${", b"").translate(None, b"$")
+    if kept.count(b'""') * 2 == kept.count(b'"'):
+        return kept.translate(None, b'"')
+    kept = kept.replace(b'""', b"")
+    return b"".join(kept.split(b'"')[0::2])
 
 
 def json_depth(raw: bytes) -> int:
     """How deep the containers of the JSON text ``raw`` nest, measured without recursion and
     without parsing; a JSON string cut short at the end (a torn journal line) is ignored."""
-    # Bytes will do: UTF-8 never uses an ASCII byte inside a multi-byte character. Escapes
-    # go first (left to right, as JSON reads them), so every quote left opens or closes a
-    # string; then only quotes and brackets are kept, and two quotes in a row (a string
-    # without brackets) change no byte's side, so they go too before the split.
-    if b"\\" in raw:
-        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    kept = raw.translate(None, _ALL_BUT_QUOTES_AND_BRACKETS).replace(b'""', b"")
-    outside = b"".join(kept.split(b'"')[0::2]) if b'"' in kept else kept
+    outside = _outside_strings(raw, _ALL_BUT_QUOTES_AND_BRACKETS)
     return max(accumulate(map(_STEP.__getitem__, outside)), default=0)
+
+
+class Shape(NamedTuple):
+    """The containers of a JSON document: how many, and how many commas separate members."""
+
+    commas: int
+    objects: int
+    arrays: int
+
+
+def json_shape(raw: bytes) -> Shape:
+    """The :class:`Shape` of the valid JSON text ``raw``, counted without parsing it.
+
+    An object or array of N members (every key counted as often as it is written) has N - 1
+    commas, so a parser that keeps the last of duplicate keys sees fewer than the text holds.
+    """
+    outside = _outside_strings(raw, _ALL_BUT_QUOTES_COMMAS_OPENERS_AND_DOLLARS)
+    return Shape(outside.count(b","), outside.count(b"{"), outside.count(b"["))
+
+
+def quick_loads(raw: bytes) -> Any:
+    """Parse JSON with the C parser alone: what :func:`loads` refuses, but for duplicate keys
+    (kept the last, silently) and nesting (RecursionError past Python's limit). Callers
+    prove both with :func:`json_shape`, or read with :func:`loads`; ValueError otherwise."""
+    return json.loads(
+        raw.decode("utf-8-sig"), parse_constant=_no_constant, parse_float=_finite_float
+    )
 
 
 def loads(raw: bytes) -> Any:

@@ -4,15 +4,25 @@ A journal always refers to the snapshot it was started from (same ``lineage``, i
 ``base_serial`` equal to the snapshot's ``serial``). A commit first replaces the snapshot,
 then removes the journal, so a journal whose base serial is older than the snapshot was
 already folded in by a commit that was killed before it could remove it.
+
+The snapshot is one JSON document written a line per model (docs/state.md, "The layout"):
+the header and ``"models":{`` on the first line, then each model sorted by id, compact with
+sorted keys, by the C encoder. It is read by the C parser when the text's own count of
+commas and brackets proves the strict parser would read the same, else by the strict parser.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
+from operator import is_not, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +32,17 @@ from modelsync.store import trust
 from modelsync.store.fileio import (
     MAX_DEPTH,
     NotAFile,
+    Shape,
     TooDeep,
     backup_path,
     exists,
     identity,
     journal_path,
+    json_depth,
+    json_shape,
     loads,
     q,
+    quick_loads,
     read_file,
     reason,
 )
@@ -53,6 +67,26 @@ class Loaded:
     journal_found: bool  # a journal file exists (to fold, or stale, or empty)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (nestable; as a decorator, for each call).
+
+    Reading a 100,000-record state builds some 300,000 containers that all stay alive, and
+    no garbage cycles (nor does writing one): each pass of the collector walks all of them
+    again, which made the time per record grow with the state (DESIGN §7). Reference
+    counting frees as usual.
+    """
+    # A twin of the manifest loader's; one helper for both would belong in a shared module.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:  # only the outermost pause turns it back on
+            gc.enable()
+
+
+@_gc_paused()
 def load(path: Path, endpoint: str) -> Loaded:
     """Read the snapshot at ``path`` and its journal; a StateError if they cannot be trusted."""
     raw, journal = _read_pair(path)
@@ -144,20 +178,99 @@ def not_a_file(path: Path, problem: str, given: Path | None = None) -> StateErro
 
 # --------------------------------------------------------------------------- parsing
 
+_Snapshot = tuple[str, int, str, dict[str, ModelRecord]]
 
-def parse_snapshot(path: Path, raw: bytes) -> tuple[str, int, str, dict[str, ModelRecord]]:
+
+def parse_snapshot(path: Path, raw: bytes) -> _Snapshot:
     """Lineage, serial, endpoint and records of a snapshot; a StateError if untrusted."""
     try:
-        doc = _document(raw)
-        trust.check_header(doc["lineage"], doc["serial"], doc["endpoint"])
-        records = _records(doc["models"])
+        return _quick_snapshot(raw) or _snapshot(_document(raw))
     except Untrusted as exc:
         raise trust.untrusted(str(path), str(exc), restore_hint(path)) from None
+
+
+def _quick_snapshot(raw: bytes) -> _Snapshot | None:
+    """The snapshot as the C parser reads it, when that is provably what the strict parser
+    reads (:func:`loads`, a Python hook per object: 2-3x slower); None when anything is off,
+    for the strict parser to find the problem and word it."""
+    try:
+        doc = _checked(quick_loads(raw))
+        trust.check_header(doc["lineage"], doc["serial"], doc["endpoint"])
+        models = doc["models"]
+        if models.__class__ is not dict or "" in models:
+            return None
+        # The parsed objects become the records, as the strict path's would after a copy.
+        records = dict(zip(models, map(ModelRecord.adopt_json, models.values()), strict=True))
+    except (ValueError, RecursionError, Untrusted):
+        return None
+    if not _as_strict(raw, doc):
+        return None
     return doc["lineage"], doc["serial"], doc["endpoint"], records
 
 
+_REQUEST = itemgetter("request")
+_RESPONSE = itemgetter("response")
+_is_set = partial(is_not, None)
+
+
+def _as_strict(raw: bytes, doc: dict[str, Any]) -> bool:
+    """Whether the strict parser reads the text ``raw`` as quick_loads read ``doc``, a checked
+    snapshot whose records are valid: without a duplicate key, nested at most MAX_DEPTH.
+
+    Every object and array of N members written in the text has N - 1 commas between them,
+    so a duplicate key (of which the parser keeps the last) leaves the text more commas than
+    the objects as read; the text's own count of commas and brackets outside its strings
+    (:func:`json_shape`) shows it, at a fraction of a parse.
+    """
+    models = doc["models"]
+    requests = list(map(_REQUEST, models.values()))
+    responses = list(filter(_is_set, map(_RESPONSE, models.values())))
+    # Records always have keys; the others may not.
+    commas = sum(map(len, models.values())) - len(models)
+    for objects in ([doc, models], requests, responses):
+        commas += sum(map(len, objects)) - sum(map(bool, objects))
+    # A record's other fields hold no container, nor does the header. The same count as
+    # read: no duplicate, and no container but these (4 deep). Otherwise the requests or
+    # responses hold containers: count them too, and the depth.
+    written = json_shape(raw)
+    read = Shape(commas, 2 + len(models) + len(requests) + len(responses), 0)
+    if written == read:
+        return True
+    inner = Shape(0, 0, 0)
+    for container in chain(requests, responses):
+        inner = _add(inner, _below(container))
+    return json_depth(raw) <= MAX_DEPTH and written == _add(read, inner)
+
+
+def _below(container: Any) -> Shape:
+    """The shape of what ``container`` holds (its own members' commas not counted)."""
+    commas = objects = arrays = 0
+    for item in container.values() if isinstance(container, dict) else container:
+        if isinstance(item, dict):
+            objects += 1
+        elif isinstance(item, list):
+            arrays += 1
+        else:
+            continue
+        inside = _below(item)
+        commas += max(len(item) - 1, 0) + inside.commas
+        objects += inside.objects
+        arrays += inside.arrays
+    return Shape(commas, objects, arrays)
+
+
+def _add(one: Shape, other: Shape) -> Shape:
+    return Shape(one.commas + other.commas, one.objects + other.objects, one.arrays + other.arrays)
+
+
+def _snapshot(doc: dict[str, Any]) -> _Snapshot:
+    trust.check_header(doc["lineage"], doc["serial"], doc["endpoint"])
+    return doc["lineage"], doc["serial"], doc["endpoint"], _records(doc["models"])
+
+
 def _document(raw: bytes) -> dict[str, Any]:
-    """The snapshot's JSON object, of this format_version, with exactly the known fields."""
+    """The snapshot's JSON object, read by the strict parser, of this format_version, with
+    exactly the known fields."""
     if not raw.strip():
         raise Untrusted("is empty")
     try:
@@ -169,6 +282,10 @@ def _document(raw: bytes) -> dict[str, Any]:
         ) from None
     except ValueError as exc:
         raise Untrusted(f"is not valid JSON ({exc}); it may be truncated or damaged") from None
+    return _checked(doc)
+
+
+def _checked(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise Untrusted(f"does not hold a JSON object (found {describe_kind(doc)})")
     if "format_version" not in doc:
@@ -212,11 +329,7 @@ def _check_backup_lineage(path: Path, lineage: str) -> None:
         return
     if raw is None:
         return
-    try:
-        doc = loads(raw)
-    except ValueError:  # also TooDeep
-        doc = None
-    backup_lineage = doc.get("lineage") if isinstance(doc, dict) else None
+    backup_lineage = _lineage(raw)
     if not isinstance(backup_lineage, str):
         # The backup only serves to catch a swapped state file; a damaged one must not stop
         # a run whose state itself is sound.
@@ -232,6 +345,18 @@ def _check_backup_lineage(path: Path, lineage: str) -> None:
             f" if {path} is the state you mean, remove {backup}; or {USE_ANOTHER_STATE}"
         ),
     )
+
+
+def _lineage(raw: bytes) -> object:
+    """The lineage of the snapshot ``raw``, from its first line when that holds the header
+    (as dump_snapshot writes it), else from the whole; None if it cannot be read."""
+    first = raw.partition(b"\n")[0]
+    header = first[: -len(_MODELS_OPENING)] + b"}" if first.endswith(_MODELS_OPENING) else raw
+    try:
+        doc = loads(header)
+    except ValueError:  # also TooDeep
+        return None
+    return doc.get("lineage") if isinstance(doc, dict) else None
 
 
 def restore_hint(path: Path) -> str:
@@ -250,18 +375,32 @@ def restore_hint(path: Path) -> str:
 
 # --------------------------------------------------------------------------- writing
 
+# Compact and sorted: the C encoder (json.dumps with indent runs the Python one, 6x slower).
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+_MODELS_OPENING = b',"models":{'
 
+
+@_gc_paused()
 def dump_snapshot(
     lineage: str, serial: int, endpoint: str, models: Mapping[str, ModelRecord]
 ) -> bytes:
-    """The snapshot's bytes: sorted, indented JSON with a final newline."""
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "lineage": lineage,
-        "serial": serial,
-        "endpoint": endpoint,
-        "models": {model_id: record.to_json() for model_id, record in models.items()},
-    }
-    # Sorted and indented so a team that commits its state gets readable diffs.
-    text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    return (text + "\n").encode("utf-8")
+    """The snapshot's bytes: one JSON document, its header fields on the first line, then one
+    line per model, sorted by id, each compact with sorted keys; a final newline."""
+    encode = _ENCODER.encode
+    header = encode(
+        {
+            "endpoint": endpoint,
+            "format_version": FORMAT_VERSION,
+            "lineage": lineage,
+            "serial": serial,
+        }
+    )
+    # A line per model, so that a team that commits its state gets a diff line per change.
+    lines = [
+        f"{encode(model_id)}:{encode(models[model_id].to_json(copy=False))}"
+        for model_id in sorted(models)
+    ]
+    body = ",\n".join(lines) + "\n" if lines else ""
+    return f"{header[:-1]}{_MODELS_OPENING.decode()}\n{body}}}}}\n".encode()
