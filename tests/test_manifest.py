@@ -960,10 +960,10 @@ def _directory(tmp_path: Path) -> str:
     return "manifests"
 
 
-def _over_16_mib(tmp_path: Path) -> str:
+def _over_64_mib(tmp_path: Path) -> str:
     with (tmp_path / "m.yaml").open("wb") as handle:
         handle.write(b"version: 1\nmodels: []\n")
-        handle.truncate(16 * 1024 * 1024 + 1)  # sparse: no 16 MiB written to disk
+        handle.truncate(64 * 1024 * 1024 + 1)  # sparse: no 64 MiB written to disk
     return "m.yaml"
 
 
@@ -982,12 +982,12 @@ FILE_CASES: list[Any] = [
         id="binary-file",
     ),
     pytest.param(
-        _over_16_mib,
+        _over_64_mib,
         [
-            "m.yaml: the file is 16777217 bytes, more than the 16 MiB a manifest may be; "
+            "m.yaml: the file is 67108865 bytes, more than the 64 MiB a manifest may be; "
             "split it into several manifests"
         ],
-        id="over-16-mib",
+        id="over-64-mib",
     ),
     pytest.param(
         _directory,

@@ -60,8 +60,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "file-too-large",
-        "The manifest is larger than 16 MiB.",
-        pattern=r"^the file is (\d+ bytes, )?(more|larger) than the 16 MiB",
+        "The manifest is larger than 64 MiB.",
+        pattern=r"^the file is (\d+ bytes, )?(more|larger) than the 64 MiB",
     ),
     Rule(
         "file-encoding",

@@ -10,7 +10,9 @@ import yaml
 
 from modelsync.errors import Diagnostic, ManifestError
 
-MAX_FILE_BYTES = 16 * 1024 * 1024
+# A 100,000-model manifest is about 30 MB; the limit only guards against a wrong file
+# (a disk image, a log) being read whole.
+MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 64
 ALIAS_EXPANSION_LIMIT = 10
 _TOO_DEEP = (

@@ -11,7 +11,7 @@ from modelsync.yamlio.document import _TOO_DEEP, MAX_FILE_BYTES, LoadedYaml, _er
 
 
 def read_text(path: Path) -> str:
-    """Step 1: the file exists, is regular, at most 16 MiB, UTF-8 text, not empty."""
+    """Step 1: the file exists, is regular, at most 64 MiB, UTF-8 text, not empty."""
     name = str(path)
 
     def fail(message: str) -> ManifestError:
@@ -27,7 +27,7 @@ def read_text(path: Path) -> str:
         raise fail("not a regular file; give the path of a YAML manifest")
     if st.st_size > MAX_FILE_BYTES:
         raise fail(
-            f"the file is {st.st_size} bytes, more than the 16 MiB a manifest may be; "
+            f"the file is {st.st_size} bytes, more than the 64 MiB a manifest may be; "
             "split it into several manifests"
         )
     try:
@@ -36,7 +36,7 @@ def read_text(path: Path) -> str:
     except OSError as exc:
         raise fail(f"cannot read the file: {exc.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise fail("the file is larger than the 16 MiB a manifest may be; split it")
+        raise fail("the file is larger than the 64 MiB a manifest may be; split it")
     if b"\x00" in raw:
         raise fail(
             "this is a binary file (it holds NUL bytes), not a YAML manifest; "
