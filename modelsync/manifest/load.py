@@ -142,6 +142,7 @@ def _build(
     defaults = data.get("defaults") or {}
     default_labels = defaults.get("labels") or {}
     specs: list[ModelSpec] = []
+    lines = loaded.item_lines(("models",))
     for index, model in enumerate(data["models"]):
         merged = {**MODEL_DEFAULTS, **defaults, **model}
         force_load = merged.get("force_load")
@@ -161,7 +162,7 @@ def _build(
                 model_image=model.get("model_image"),
                 labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
                 index=index,
-                line=loaded.position(("models", index), of_key=False).line,
+                line=lines[index],
                 resolved=MappingProxyType(resolved[index]),
             )
         )

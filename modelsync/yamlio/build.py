@@ -19,17 +19,46 @@ from modelsync.yamlio.document import (
     _NULL,
     _SEQ,
     _STR,
-    _TAG,
     _TIMESTAMP,
     MAX_DEPTH,
     Problem,
     YamlDate,
+    bad_tag_message,
     describe_yaml_type,
 )
+from modelsync.yamlio.positions import Positions, pack
 
 # The scalar constructors are PyYAML's own (they know YAML 1.1's 0x, 0o, 1_000, .inf...);
 # only the node walk around them is ours.
 _scalars = yaml.constructor.SafeConstructor()
+_MERGE_AS_VALUE = "'<<' (merge) is only allowed as a mapping key; quote it to mean the text"
+
+
+def scalar_value(tag: str, text: str) -> tuple[Any, str | None]:
+    """The value of a scalar of resolved ``tag``, and the problem with it if any."""
+    if tag == _STR:
+        return text, None
+    if tag == _NULL:
+        return None, None
+    if tag == _BOOL:
+        return _scalars.construct_yaml_bool(yaml.ScalarNode(tag, text)), None
+    if tag == _INT:
+        return _scalars.construct_yaml_int(yaml.ScalarNode(tag, text)), None
+    if tag == _FLOAT:
+        return _scalars.construct_yaml_float(yaml.ScalarNode(tag, text)), None
+    if tag == _TIMESTAMP:
+        return YamlDate(text), None
+    if tag == _MERGE:
+        return text, _MERGE_AS_VALUE
+    return text, bad_tag_message(tag)
+
+
+def _key_problem(text: str, key: Any) -> str:
+    # Every key of a manifest is a name: `yes:` must not become 'True'.
+    return (
+        f"the key {text} is read by YAML as {describe_yaml_type(key)}, not text; "
+        f'quote it: "{text}":'
+    )
 
 
 class _TooDeep(Exception):
@@ -37,11 +66,20 @@ class _TooDeep(Exception):
         self.node = node
 
 
+def _packed(node: yaml.Node) -> int:
+    return pack(node.start_mark.line, node.start_mark.column)
+
+
 class _Builder:
-    """Builds plain values from a checked node graph, collecting every problem."""
+    """Builds plain values from a checked node graph, collecting every problem.
+
+    The general path, for documents the event builder (:mod:`.events`) does not take:
+    anchors, aliases, merges, complex keys, deep nesting. It records the same positions.
+    """
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.positions = Positions()
         self._done: dict[int, Any] = {}
         self.shared = False
 
@@ -61,56 +99,36 @@ class _Builder:
             raise _TooDeep(node)
         elif isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ:
-                self._bad_tag(node, path)
+                self._error(node, path, bad_tag_message(node.tag))
             value = [self.build(child, (*path, i), depth + 1) for i, child in enumerate(node.value)]
+            self.positions.add(value, _packed(node), [_packed(child) for child in node.value])
+            for i, child in enumerate(node.value):
+                self._keep_text(value, i, child, value[i])
         else:
             assert isinstance(node, yaml.MappingNode)
             if node.tag != _MAP:
-                self._bad_tag(node, path)
+                self._error(node, path, bad_tag_message(node.tag))
             value = self._mapping(node, path, depth)
         self._done[key] = value
         return value
 
-    def _bad_tag(self, node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        tag = node.tag
-        shown = "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
-        self._error(
-            node,
-            path,
-            f"the tag {shown} is not allowed: a manifest holds plain strings, numbers, "
-            "lists and mappings; remove the tag",
-        )
+    def _keep_text(self, container: Any, key: Any, node: yaml.Node, value: Any) -> None:
+        if isinstance(node, yaml.ScalarNode) and not isinstance(value, (str, dict, list)):
+            self.positions.texts[(id(container), key)] = str(node.value)
 
     def _scalar(self, node: yaml.ScalarNode, path: tuple[str | int, ...]) -> Any:
-        tag = node.tag
-        if tag == _STR:
-            return node.value
-        if tag == _NULL:
-            return None
-        if tag == _BOOL:
-            return _scalars.construct_yaml_bool(node)
-        if tag == _INT:
-            return _scalars.construct_yaml_int(node)
-        if tag == _FLOAT:
-            return _scalars.construct_yaml_float(node)
-        if tag == _TIMESTAMP:
-            return YamlDate(node.value)
-        if tag == _MERGE:
-            self._error(
-                node,
-                path,
-                "'<<' (merge) is only allowed as a mapping key; quote it to mean the text",
-            )
-            return node.value
-        self._bad_tag(node, path)
-        return node.value
+        value, problem = scalar_value(node.tag, node.value)
+        if problem is not None:
+            self._error(node, path, problem)
+        return value
 
     def _mapping(
         self, node: yaml.MappingNode, path: tuple[str | int, ...], depth: int
     ) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
+        marks: list[int] = []
         first_line: dict[Any, int] = {}
-        merged: dict[Any, Any] = {}
+        merged: dict[Any, tuple[Any, int, str | None]] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
                 self._merge_into(merged, value_node, path, depth)
@@ -119,13 +137,7 @@ class _Builder:
             if type(key_node) is yaml.ScalarNode:
                 key = self._scalar(key_node, path)
                 if not isinstance(key, str):
-                    # Every key of a manifest is a name: `yes:` must not become 'True'.
-                    self._error(
-                        key_node,
-                        path,
-                        f"the key {key_node.value} is read by YAML as "
-                        f'{describe_yaml_type(key)}, not text; quote it: "{key_node.value}":',
-                    )
+                    self._error(key_node, path, _key_problem(key_node.value, key))
                     key = key_node.value
             else:
                 key = self.build(key_node, path, depth + 1)
@@ -147,13 +159,20 @@ class _Builder:
                 continue
             first_line[key] = line
             result[key] = self.build(value_node, (*path, key), depth + 1)
-        for key, value in merged.items():
-            result.setdefault(key, value)
+            marks.append(_packed(key_node))
+            self._keep_text(result, key, value_node, result[key])
+        for key, (value, mark, text) in merged.items():
+            if key not in result:
+                result[key] = value
+                marks.append(mark)
+                if text is not None:
+                    self.positions.texts[(id(result), key)] = text
+        self.positions.add(result, _packed(node), marks)
         return result
 
     def _merge_into(
         self,
-        merged: dict[Any, Any],
+        merged: dict[Any, tuple[Any, int, str | None]],
         value_node: yaml.Node,
         path: tuple[str | int, ...],
         depth: int,
@@ -169,6 +188,9 @@ class _Builder:
                     "write '<<: *name' where '&name' anchors a mapping",
                 )
                 continue
-            for key, item in value.items():
+            texts = self.positions.texts
+            for index, (key, item) in enumerate(value.items()):
                 # Earlier sources win, as in the YAML merge key spec.
-                merged.setdefault(key, item)
+                if key not in merged:
+                    mark = self.positions.member(value, index)
+                    merged[key] = (item, mark, texts.get((id(value), key)))

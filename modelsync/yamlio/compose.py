@@ -8,6 +8,7 @@ for alias bombs and deep nesting before anything walks it expanded.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
@@ -37,6 +38,10 @@ class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
     """
 
     _implicit = yaml.SafeLoader.yaml_implicit_resolvers
+    # libyaml's composer also calls these two around every node, for path resolvers,
+    # which safe loading never has: builtins that take the same arguments and do nothing.
+    descend_resolver: Any = {}.get
+    ascend_resolver = tuple
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
         if kind is yaml.ScalarNode:
@@ -53,10 +58,11 @@ class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
         return _MAP
 
 
-def _compose(text: str, name: str) -> yaml.Node:
-    loader = _Loader(text)
+@contextmanager
+def parse_errors(text: str, name: str) -> Iterator[None]:
+    """PyYAML's parser errors, raised in the block, as ManifestError in plain words."""
     try:
-        root = loader.get_single_node()
+        yield
     except yaml.MarkedYAMLError as exc:
         raise ManifestError([_yaml_error(exc, name, text)]) from None
     except yaml.reader.ReaderError as exc:
@@ -82,6 +88,13 @@ def _compose(text: str, name: str) -> yaml.Node:
     except RecursionError:
         # Only the pure-Python composer recurses; libyaml stops at 1000 levels itself.
         raise ManifestError([Diagnostic(name, 0, 0, _TOO_DEEP)]) from None
+
+
+def _compose(text: str, name: str) -> yaml.Node:
+    loader = _Loader(text)
+    try:
+        with parse_errors(text, name):
+            root = loader.get_single_node()
     finally:
         loader.dispose()
     if root is None:

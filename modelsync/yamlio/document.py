@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from modelsync.errors import Diagnostic, ManifestError
+from modelsync.yamlio.positions import Position, Positions
 
 # A 100,000-model manifest is about 30 MB; the limit only guards against a wrong file
 # (a disk image, a log) being read whole.
@@ -43,14 +44,6 @@ class YamlDate(str):
 
 
 @dataclass(frozen=True)
-class Position:
-    """A 1-based line and column in the source file."""
-
-    line: int
-    column: int
-
-
-@dataclass(frozen=True)
 class Problem:
     """A problem found while building values: where (path and position) and what."""
 
@@ -62,58 +55,36 @@ class Problem:
 
 @dataclass(frozen=True)
 class LoadedYaml:
-    """A loaded document: its plain value, the node graph for positions, and problems."""
+    """A loaded document: its plain value, where its values are written, and problems."""
 
     path: str
     data: Any
-    root: yaml.Node
+    positions: Positions
     problems: tuple[Problem, ...] = ()
 
     def position(self, path: Sequence[str | int], *, of_key: bool = True) -> Position:
         """Where the value at ``path`` is written (its key, for a mapping member)."""
-        node = self.root
-        mark = node.start_mark
-        for step in path:
-            found = _child(node, step)
-            if found is None:
-                break
-            key_node, node = found
-            mark = key_node.start_mark if (of_key and key_node is not None) else node.start_mark
-        return Position(mark.line + 1, mark.column + 1)
+        return self.positions.position(self.data, path, of_key=of_key)
 
     def source_text(self, path: Sequence[str | int]) -> str | None:
         """The scalar text as written at ``path`` (``1.10`` stays ``1.10``), if it is a scalar."""
-        node: yaml.Node | None = self.root
+        return self.positions.source_text(self.data, path)
+
+    def item_lines(self, path: Sequence[str | int]) -> list[int]:
+        """The line where each item of the list at ``path`` starts."""
+        items = self.data
         for step in path:
-            found = _child(node, step) if node is not None else None
-            if found is None:
-                return None
-            node = found[1]
-        if isinstance(node, yaml.ScalarNode):
-            return str(node.value)
-        return None
+            items = items[step]
+        return self.positions.item_lines(items)
 
 
-def _child(node: yaml.Node, step: str | int) -> tuple[Any, yaml.Node] | None:
-    """The (key node, value node) of ``step`` in ``node``, looking through ``<<`` merges."""
-    if isinstance(node, yaml.SequenceNode) and isinstance(step, int):
-        if 0 <= step < len(node.value):
-            return None, node.value[step]
-        return None
-    if isinstance(node, yaml.MappingNode):
-        merges: list[yaml.Node] = []
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE:
-                merges.append(value_node)
-            elif isinstance(key_node, yaml.ScalarNode) and key_node.value == str(step):
-                return key_node, value_node
-        for merged in merges:
-            sources = merged.value if isinstance(merged, yaml.SequenceNode) else [merged]
-            for source in sources:
-                found = _child(source, step)
-                if found is not None:
-                    return found
-    return None
+def bad_tag_message(tag: str) -> str:
+    """The problem with a tag other than the plain safe ones."""
+    shown = "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
+    return (
+        f"the tag {shown} is not allowed: a manifest holds plain strings, numbers, "
+        "lists and mappings; remove the tag"
+    )
 
 
 def _error_at(name: str, node: yaml.Node, message: str) -> ManifestError:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from modelsync.errors import Diagnostic, ManifestError
 from modelsync.yamlio.build import _Builder, _TooDeep
-from modelsync.yamlio.compose import _check_graph, _compose
+from modelsync.yamlio.compose import _check_graph, _compose, _Loader, parse_errors
 from modelsync.yamlio.document import _TOO_DEEP, MAX_FILE_BYTES, LoadedYaml, _error_at
+from modelsync.yamlio.events import EventBuilder, NotPlain
+from modelsync.yamlio.positions import pack
 
 
 def read_text(path: Path) -> str:
@@ -69,6 +71,20 @@ def load_yaml_file(path: Path) -> LoadedYaml:
 
 def load_yaml_text(text: str, name: str) -> LoadedYaml:
     """Step 2 on text already read: safe, strict YAML with positions."""
+    loader = _Loader(text)
+    try:
+        with parse_errors(text, name):
+            events = EventBuilder(loader)
+            data = events.document()
+        return LoadedYaml(name, data, events.positions, tuple(events.problems))
+    except NotPlain:
+        pass  # anchors, merges...: the node graph handles all of YAML
+    finally:
+        loader.dispose()
+    return _load_graph(text, name)
+
+
+def _load_graph(text: str, name: str) -> LoadedYaml:
     root = _compose(text, name)
     builder = _Builder()
     try:
@@ -79,4 +95,6 @@ def load_yaml_text(text: str, name: str) -> LoadedYaml:
         # Built values share aliased nodes, so building was linear; what comes after
         # (schema, JSON) would walk the expanded tree. Refuse a bomb before that.
         _check_graph(root, name)
-    return LoadedYaml(name, data, root, tuple(builder.problems))
+    positions = builder.positions
+    positions.root = positions.own(data) or pack(root.start_mark.line, root.start_mark.column)
+    return LoadedYaml(name, data, positions, tuple(builder.problems))
