@@ -591,3 +591,23 @@ def test_fast_model_check_takes_the_valid_models(model: dict[str, Any]) -> None:
     # "always ask jsonschema" (four times slower on a large manifest, DESIGN §7).
     assert fastcheck._fast_check()(model)
     assert jsonschema_accepts({"version": 1, "models": [model]})
+
+
+def schema_errors(validator: Any, model: Any) -> list[tuple[Any, ...]]:
+    return sorted(
+        (tuple(map(str, e.absolute_path)), e.validator, str(e.validator_value), e.message)
+        for e in validator.iter_errors(model)
+    )
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None)
+@given(model=near_valid_models())
+def test_reduced_model_schema_gives_the_errors_of_the_whole_schema(model: Any) -> None:
+    # load_manifest checks each model the fast path doubts against the model schema less
+    # what the model certainly satisfies: the errors must be exactly the same.
+    fast = fastcheck._fast_check()
+    validator = schemafile._validator()
+    whole = validator.evolve(schema=fast.model)
+    reduced = validator.evolve(schema=fast.reduced(model))
+    assert schema_errors(reduced, model) == schema_errors(whole, model), model

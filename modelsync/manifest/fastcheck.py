@@ -24,6 +24,8 @@ class _FastModelCheck:
     def __init__(self, root: Mapping[str, Any]) -> None:
         model = root["$defs"]["model"]
         defs = root["$defs"]
+        self.model: Mapping[str, Any] = model
+        self._reduced: dict[tuple[frozenset[str], bool], Mapping[str, Any]] = {}
         self.required = frozenset(model["required"])
         self.props: dict[str, Callable[[Any], bool]] = {
             name: self._compile(sub, defs) for name, sub in model["properties"].items()
@@ -89,6 +91,34 @@ class _FastModelCheck:
         """A predicate that says "certainly valid"; ``_never`` where a keyword is unknown."""
         return _exact(sub, defs) or _never
 
+    def reduced(self, model: Any) -> Mapping[str, Any]:
+        """The model schema less what ``model`` certainly satisfies.
+
+        jsonschema gives exactly the same errors on it as on the whole model schema (each
+        property predicate is exact on its own), in a fraction of the time: a property that
+        passes its predicate becomes ``true``, and the url's if/then/else goes when the url
+        passes the branch the model's format picks, or is absent.
+        """
+        if type(model) is not dict:
+            return self.model
+        props = self.props
+        passing = frozenset(k for k, v in model.items() if k in props and props[k](v))
+        fmt = model.get(self.if_field)
+        url_done = "url" not in model or (
+            type(fmt) is str
+            and (self.then_url if fmt == self.if_value else self.else_url)(model["url"])
+        )
+        key = (passing, url_done)
+        found = self._reduced.get(key)
+        if found is None:
+            found = {k: v for k, v in self.model.items() if not (url_done and k in _BRANCH)}
+            found["properties"] = {
+                name: True if name in passing else sub
+                for name, sub in self.model["properties"].items()
+            }
+            self._reduced[key] = found
+        return found
+
     def __call__(self, model: Any) -> bool:
         if type(model) is not dict or not self.required.issubset(model):
             return False
@@ -101,6 +131,7 @@ class _FastModelCheck:
         return url_check(model["url"])
 
 
+_BRANCH = frozenset({"if", "then", "else"})
 # Keywords that only inform (editors show them); they never change what is valid.
 _ANNOTATIONS = frozenset(
     {

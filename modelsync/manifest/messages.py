@@ -8,6 +8,7 @@ reach the user: they echo values and speak of schemas.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -154,8 +155,7 @@ class _Failure:
     field_name: str | None
 
     @classmethod
-    def of(cls, error: Any, data: Any) -> _Failure:
-        path = tuple(error.absolute_path)
+    def of(cls, error: Any, data: Any, path: tuple[str | int, ...]) -> _Failure:
         field_name = path[-1] if path and isinstance(path[-1], str) else None
         return cls(error, data, path, error.instance, field_name)
 
@@ -164,10 +164,12 @@ class _Failure:
         return len(self.path) >= 2 and self.path[0] == "models"
 
 
-def _report_schema_error(report: _Reporter, data: Any, error: Any) -> None:
-    """Report one jsonschema error in plain words, by the keyword that failed."""
+def _report_schema_error(
+    report: _Reporter, data: Any, error: Any, path: tuple[str | int, ...]
+) -> None:
+    """Report one jsonschema error at ``path`` (in ``data``) in plain words, by its keyword."""
     handler = _HANDLERS.get(error.validator, _on_other)
-    handler(report, _Failure.of(error, data))
+    handler(report, _Failure.of(error, data, path))
 
 
 def _on_additional_properties(report: _Reporter, failure: _Failure) -> None:
@@ -345,6 +347,12 @@ def _allowed_properties(error: Any) -> list[str]:
 
 
 def _did_you_mean(value: str, choices: Iterable[str]) -> str:
+    return _closest(value, tuple(choices))
+
+
+@functools.lru_cache(maxsize=4096)
+def _closest(value: str, choices: tuple[str, ...]) -> str:
+    # Cached: a manifest repeats its mistakes (100,000 models, one typo), difflib is slow.
     # Case aside: 'LoRA' and 'Private' are near misses of 'lora' and 'private'.
     folded = {choice.casefold(): choice for choice in choices}
     match = difflib.get_close_matches(value.casefold(), list(folded), n=1, cutoff=0.6)
