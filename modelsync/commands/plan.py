@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelsync.gcpause import gc_paused
 from modelsync.plan import Plan, make_plan
 from modelsync.settings import Settings
 
@@ -18,6 +19,7 @@ class Planned:
 
 def plan(settings: Settings) -> Planned:
     """Read the state without the lock and plan against it."""
-    backend = settings.open_state()
-    state = backend.read()
-    return Planned(make_plan(settings.manifest, state, settings.selection), backend.location)
+    with gc_paused():  # the state's records and the plan: large, and without cycles
+        backend = settings.open_state()
+        state = backend.read()
+        return Planned(make_plan(settings.manifest, state, settings.selection), backend.location)

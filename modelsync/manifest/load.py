@@ -9,10 +9,8 @@ repeat them in worse words. Raw dicts stay inside this package; callers get froz
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -20,6 +18,7 @@ from typing import Any
 
 from modelsync.defaults import DEFAULT_API_KEY_ENV, MODEL_DEFAULTS
 from modelsync.errors import Diagnostic
+from modelsync.gcpause import gc_paused
 from modelsync.manifest.checks import _check_semantics, _interpolate
 from modelsync.manifest.fastcheck import _fast_check
 from modelsync.manifest.messages import _report_pasted_body, _report_schema_error, _Reporter
@@ -83,25 +82,7 @@ def _unlink(error: Any) -> None:
             stack.append(child)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (nestable; as a decorator, for each call).
-
-    Loading a 10,000-model manifest builds ~500,000 objects (YAML nodes and marks, dicts)
-    that all stay alive until the load ends, and no garbage cycles: each pass of the
-    collector walks all of them again, which doubled the load time (DESIGN §7).
-    Reference counting frees everything as usual meanwhile.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:  # only the outermost pause turns it back on
-            gc.enable()
-
-
-@_gc_paused()
+@gc_paused()
 def load_manifest(
     path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, strict: bool = False
 ) -> Manifest:
@@ -168,13 +149,21 @@ def _build(
 ) -> Manifest:
     target = data.get("target") or {}
     defaults = data.get("defaults") or {}
+    base = {**MODEL_DEFAULTS, **defaults}
     default_labels = defaults.get("labels") or {}
+    shared_labels = MappingProxyType({str(k): str(v) for k, v in default_labels.items()})
+    no_secrets: Mapping[str, str] = MappingProxyType({})
     specs: list[ModelSpec] = []
     lines = loaded.item_lines(("models",))
     for index, model in enumerate(data["models"]):
-        merged = {**MODEL_DEFAULTS, **defaults, **model}
+        merged = {**base, **model}
         force_load = merged.get("force_load")
-        labels = {**default_labels, **(model.get("labels") or {})}
+        own_labels = model.get("labels")
+        labels = shared_labels
+        if own_labels:
+            labels = MappingProxyType(
+                {str(k): str(v) for k, v in {**default_labels, **own_labels}.items()}
+            )
         specs.append(
             ModelSpec(
                 model_id=model["model_id"],
@@ -188,10 +177,10 @@ def _build(
                 force_load=None if force_load is None else _yes_no(force_load),
                 model_subcategory=merged.get("model_subcategory"),
                 model_image=model.get("model_image"),
-                labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
+                labels=labels,
                 index=index,
                 line=lines[index],
-                resolved=MappingProxyType(resolved[index]),
+                resolved=MappingProxyType(resolved[index]) if resolved[index] else no_secrets,
             )
         )
     return Manifest(
