@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import inspect
 import io
+import json
 import os
 import socket
 import textwrap
@@ -464,6 +465,23 @@ def test_fingerprint_ignores_key_order() -> None:
     reordered = dict(reversed(list(request.items())))
     assert list(reordered) != list(request)
     assert fingerprint(reordered) == fingerprint(request) == a.fingerprint
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", "é ü 日本", 'quote " and \\ back', "tab\tnew\nline\x01", "emoji 🎨", "</script>"],
+)
+def test_spec_fingerprint_is_json_dumps_of_its_request(text: str) -> None:
+    # ModelSpec writes its canonical JSON itself (fast); it must be json.dumps's, byte for byte.
+    a = spec("a", model_name=text, model_image="https://cdn.example/" + text)
+    canonical = json.dumps(
+        {k: v for k, v in a.request("no").items() if k != "force_load"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    expected = "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert a.fingerprint == expected == fingerprint(a.request("yes"))
 
 
 def test_fingerprint_ignores_force_load() -> None:
