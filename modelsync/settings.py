@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelsync import defaults, redact
-from modelsync.api.retry import RetryPolicy
 from modelsync.errors import AuthError
 from modelsync.manifest import Manifest, load_manifest
 from modelsync.plan import Selection, parse_selectors
@@ -28,6 +27,7 @@ from modelsync.store import StateBackend, open_state
 
 if TYPE_CHECKING:
     from modelsync.api.modelslab import ModelsLab
+    from modelsync.api.retry import RetryPolicy
     from modelsync.controls import Controls
 
 
@@ -48,11 +48,21 @@ def _warn_if_shared(path: str) -> None:
         _log.warning("the API key file %s is readable by %s (mode %04o): %s", path, who, mode, fix)
 
 
+def _retry_policy(options: Mapping[str, Any]) -> RetryPolicy | None:
+    if not options:
+        return None
+    from modelsync.api.retry import RetryPolicy
+
+    return RetryPolicy(**options)
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     """How the API client talks: its retry policy and its timeouts."""
 
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # None: the default policy. Built only when a flag sets it: the retry module (and what
+    # it imports) is apply's business, not validate's or plan's.
+    retry: RetryPolicy | None = None
     connect_timeout: float = defaults.CONNECT_TIMEOUT_S
     read_timeout: float = defaults.READ_TIMEOUT_S
 
@@ -81,7 +91,9 @@ class Settings:
 
         What is left (``--parallelism``, ``--report``...) is the command's own business.
         """
-        retry = {k: options.pop(k) for k in ("max_attempts", "max_retry_after") if k in options}
+        retry: dict[str, Any] = {
+            k: options.pop(k) for k in ("max_attempts", "max_retry_after") if k in options
+        }
         selection = Selection(
             tuple(options.pop("only", ())),
             tuple(options.pop("exclude", ())),
@@ -99,7 +111,7 @@ class Settings:
         return cls(
             manifest_path,
             selection=selection,
-            client=ClientOptions(RetryPolicy(**retry)),
+            client=ClientOptions(_retry_policy(retry)),
             command=command,
             **chosen,
         )

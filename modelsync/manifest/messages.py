@@ -7,7 +7,6 @@ reach the user: they echo values and speak of schemas.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import re
@@ -353,6 +352,8 @@ def _did_you_mean(value: str, choices: Iterable[str]) -> str:
 @functools.lru_cache(maxsize=4096)
 def _closest(value: str, choices: tuple[str, ...]) -> str:
     # Cached: a manifest repeats its mistakes (100,000 models, one typo), difflib is slow.
+    import difflib  # only a manifest with a mistake needs it
+
     # Case aside: 'LoRA' and 'Private' are near misses of 'lora' and 'private'.
     folded = {choice.casefold(): choice for choice in choices}
     match = difflib.get_close_matches(value.casefold(), list(folded), n=1, cutoff=0.6)

@@ -7,8 +7,8 @@ a submodule of that name (``from modelsync.manifest import schema`` is the funct
 from __future__ import annotations
 
 import json
+import pkgutil
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from modelsync.yamlio import YamlDate
@@ -23,7 +23,11 @@ def schema() -> dict[str, Any]:
 
 def schema_text() -> str:
     """The schema as shipped, for ``modelsync schema``."""
-    return resources.files("modelsync").joinpath("schemas/manifest.schema.json").read_text("utf-8")
+    # pkgutil, not importlib.resources: the same package data (a wheel's file, a zip's
+    # member) without importing zipfile and tempfile on every validate and plan.
+    data = pkgutil.get_data("modelsync", "schemas/manifest.schema.json")
+    assert data is not None  # the package's loader reads files
+    return data.decode("utf-8")
 
 
 @cache
