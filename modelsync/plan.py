@@ -101,6 +101,8 @@ class Selection:
 
     def matches(self, spec: ModelSpec) -> bool:
         """True when the model is part of the selection."""
+        if not self.active:
+            return True
         if self.only and not any(fnmatch.fnmatchcase(spec.model_id, p) for p in self.only):
             return False
         if any(fnmatch.fnmatchcase(spec.model_id, p) for p in self.exclude):

@@ -177,3 +177,8 @@ def test_any_plain_document_builds_the_same_both_ways(document: Any, flow: bool)
     text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True)
     with contextlib.suppress(NotPlain):  # a '<<' key the dump left plain: the graph's alone
         compare(text)
+
+
+def test_a_quoted_text_does_not_make_the_same_plain_scalar_text() -> None:
+    loaded = load_yaml_text('a: "yes"\nb: yes\nc: team\nd: team\ne: "1.10"\nf: 1.10\n', "m.yaml")
+    assert loaded.data == {"a": "yes", "b": True, "c": "team", "d": "team", "e": "1.10", "f": 1.1}

@@ -163,13 +163,21 @@ def _exact(sub: Mapping[str, Any], defs: Mapping[str, Any]) -> Callable[[Any], b
         if check is None:
             return None
         checks.append(check)
+    return _chain(checks)
+
+
+def _chain(checks: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    """All of ``checks``, in order, without a generator per value (10,000 models)."""
+    if not checks:  # a subschema of annotations only
+        return _always
     if len(checks) == 1:
         return checks[0]
+    first, rest = checks[0], _chain(checks[1:])
 
-    def all_checks(v: Any) -> bool:
-        return all(check(v) for check in checks)
+    def both(v: Any) -> bool:
+        return first(v) and rest(v)
 
-    return all_checks
+    return both
 
 
 def _condition(

@@ -37,6 +37,7 @@ _SequenceEnd = yaml.SequenceEndEvent
 # A plain scalar whose first character starts none of YAML's implicit types is text; the
 # others go through the resolver (the empty one is null).
 _TYPED_FIRST = frozenset(yaml.SafeLoader.yaml_implicit_resolvers) | {""}
+_KNOWN_TEXT_LIMIT = 4096
 
 
 class NotPlain(Exception):
@@ -51,6 +52,9 @@ class EventBuilder:
         self._resolve = loader.resolve
         self.positions = Positions()
         self.problems: list[Problem] = []
+        # Plain scalars that start like a typed one but are text ('team', 'fp16', 'no-op'):
+        # a manifest repeats them on every model, the resolver's regexes need not.
+        self._known_text: set[str] = set()
 
     def document(self) -> Any:
         """The one document's value; NotPlain when it is not a plain single document."""
@@ -95,9 +99,7 @@ class EventBuilder:
         if event.anchor is not None:
             raise NotPlain
         text = event.value
-        tag = event.tag
-        if tag is None or tag == "!":
-            tag = self._resolve(yaml.ScalarNode, text, event.implicit)
+        tag = self._tag(event)
         if tag == _STR:
             return text
         value, problem = scalar_value(tag, text)
@@ -108,10 +110,23 @@ class EventBuilder:
             self.positions.texts[(id(container), key)] = text
         return value
 
+    def _tag(self, event: Any) -> str:
+        """The scalar's tag: as written, or resolved from its text as PyYAML does."""
+        tag = event.tag
+        if tag is not None and tag != "!":
+            return str(tag)
+        text = event.value
+        resolved = str(self._resolve(yaml.ScalarNode, text, event.implicit))
+        plain = tag is None and event.implicit[0]  # a quoted "yes" says nothing of yes
+        if resolved == _STR and plain and len(self._known_text) < _KNOWN_TEXT_LIMIT:
+            self._known_text.add(text)
+        return resolved
+
     def _mapping(self, start: Any, path: tuple[str | int, ...], depth: int) -> dict[Any, Any]:
+        # The hot loop of a large manifest: a text key and a text value take no call.
         result: dict[Any, Any] = {}
         keys: list[int] = []
-        get = self._next
+        get, known = self._next, self._known_text
         while True:
             event = get()
             kind = type(event)
@@ -121,19 +136,30 @@ class EventBuilder:
                 raise NotPlain  # a list or mapping as a key
             key = event.value
             mark = event.start_mark
-            if (
-                event.tag is not None
-                or event.anchor is not None
-                or (event.implicit[0] and key[:1] in _TYPED_FIRST)
+            if not (
+                event.tag is None
+                and event.anchor is None
+                and (not event.implicit[0] or key[:1] not in _TYPED_FIRST or key in known)
             ):
                 key = self._key(event, path)
-            value_event = get()
+            event = get()
             if key in result:
                 self._duplicate(mark, key, keys[list(result).index(key)], path)
-                self._skip(value_event, depth + 1)
+                self._skip(event, depth + 1)
                 continue
-            keys.append(pack(mark.line, mark.column))
-            result[key] = self._value(value_event, path, result, key, depth)
+            keys.append(mark.line << 32 | mark.column)
+            if type(event) is not _Scalar:
+                result[key] = self._node(event, (*path, key), depth + 1)
+                continue
+            text = event.value
+            if (
+                event.tag is None
+                and event.anchor is None
+                and (not event.implicit[0] or text[:1] not in _TYPED_FIRST or text in known)
+            ):
+                result[key] = text
+            else:
+                result[key] = self._scalar(event, (*path, key), result, key)
         mark = start.start_mark
         self.positions.add(result, pack(mark.line, mark.column), keys)
         return result
@@ -142,13 +168,6 @@ class EventBuilder:
         self, event: Any, path: tuple[str | int, ...], container: Any, key: Any, depth: int
     ) -> Any:
         if type(event) is _Scalar:
-            text = event.value
-            if (
-                event.tag is None
-                and event.anchor is None
-                and not (event.implicit[0] and text[:1] in _TYPED_FIRST)
-            ):
-                return text
             return self._scalar(event, (*path, key), container, key)
         return self._node(event, (*path, key), depth + 1)
 
@@ -157,9 +176,7 @@ class EventBuilder:
         if event.anchor is not None:
             raise NotPlain
         text = event.value
-        tag = event.tag
-        if tag is None or tag == "!":
-            tag = self._resolve(yaml.ScalarNode, text, event.implicit)
+        tag = self._tag(event)
         if tag == _MERGE:
             raise NotPlain  # a '<<' merge
         if tag == _STR:
