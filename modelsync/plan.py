@@ -111,6 +111,8 @@ class Selection:
 
     def unknown_labels(self, label_keys: Iterable[str], manifest_path: str) -> list[str]:
         """A warning per ``--selector`` on a label key no model has (a likely typo)."""
+        if not self.selectors:
+            return []  # no need to gather every model's labels
         keys = sorted(set(label_keys))
         return [
             f"warning: --selector {s}: no model has the label {s.key!r}; the labels in "
