@@ -41,6 +41,7 @@ PLAIN = [
     "version: 1\nmodels: !!omap [a, b]\ntarget: !custom {endpoint: x}\n",
     '{"version": 1, "models": [{"model_id": "a", "url": "b", "x": [1, 2.5, null, true]}]}',
     "version: 1\nmodels: [[[[[]]]]]\nother: ! 12\nthird: !!str 3\nempty:\n",
+    '"2024-01-01": a\nb: {2024-01-01: c, "2024-01-01": d}\n',
     "- 1\n- two\n- [3, {four: 4}]\n",
     "just text\n",
     "42\n",
@@ -100,6 +101,9 @@ def compare(text: str) -> None:
     data, builder = load_events(text)
     assert data == graph.data
     assert [type(v) for v in paths(data)] == [type(v) for v in paths(graph.data)]
+    assert [type(k) for p in paths(data) for k in p] == [
+        type(k) for p in paths(graph.data) for k in p
+    ]
     assert tuple(builder.problems) == graph.problems
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     events = load_yaml_text(text, "m.yaml")

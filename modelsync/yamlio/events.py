@@ -55,6 +55,7 @@ class EventBuilder:
         # Plain scalars that start like a typed one but are text ('team', 'fp16', 'no-op'):
         # a manifest repeats them on every model, the resolver's regexes need not.
         self._known_text: set[str] = set()
+        self._names: dict[str, str] = {}
 
     def document(self) -> Any:
         """The one document's value; NotPlain when it is not a plain single document."""
@@ -126,7 +127,7 @@ class EventBuilder:
         # The hot loop of a large manifest: a text key and a text value take no call.
         result: dict[Any, Any] = {}
         keys: list[int] = []
-        get, known = self._next, self._known_text
+        get, known, names = self._next, self._known_text, self._names
         while True:
             event = get()
             kind = type(event)
@@ -148,6 +149,8 @@ class EventBuilder:
                 self._skip(event, depth + 1)
                 continue
             keys.append(mark.line << 32 | mark.column)
+            if type(key) is str and len(names) < _KNOWN_TEXT_LIMIT:
+                key = names.setdefault(key, key)  # every model repeats them: one copy each
             if type(event) is not _Scalar:
                 result[key] = self._node(event, (*path, key), depth + 1)
                 continue
