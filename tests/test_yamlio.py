@@ -8,6 +8,7 @@ PyYAML's node graph gives (what the loader answered before it dropped the graph)
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -186,3 +187,16 @@ def test_any_plain_document_builds_the_same_both_ways(document: Any, flow: bool)
 def test_a_quoted_text_does_not_make_the_same_plain_scalar_text() -> None:
     loaded = load_yaml_text('a: "yes"\nb: yes\nc: team\nd: team\ne: "1.10"\nf: 1.10\n', "m.yaml")
     assert loaded.data == {"a": "yes", "b": True, "c": "team", "d": "team", "e": "1.10", "f": 1.1}
+
+
+def test_many_problems_in_one_mapping_take_linear_time() -> None:
+    count = 20_000
+    text = "a: 0\n" + "".join(f"k{i}: 1\na: {i}\n" for i in range(count))
+    start = time.perf_counter()
+    loaded = load_yaml_text(text, "m.yaml")
+    positions = [loaded.position((f"k{i}",)).line for i in range(0, count, 7)]
+    elapsed = time.perf_counter() - start
+    assert len(loaded.problems) == count
+    assert loaded.problems[-1].message.startswith("duplicate key 'a' (first at line 1)")
+    assert positions[:2] == [2, 16]
+    assert elapsed < 5.0, f"{elapsed:.1f} s"

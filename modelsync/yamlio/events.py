@@ -126,7 +126,7 @@ class EventBuilder:
     def _mapping(self, start: Any, path: tuple[str | int, ...], depth: int) -> dict[Any, Any]:
         # The hot loop of a large manifest: a text key and a text value take no call.
         result: dict[Any, Any] = {}
-        keys: list[int] = []
+        marks: dict[Any, int] = {}  # each key's packed mark, in the order of ``result``
         get, known, names = self._next, self._known_text, self._names
         while True:
             event = get()
@@ -137,20 +137,21 @@ class EventBuilder:
                 raise NotPlain  # a list or mapping as a key
             key = event.value
             mark = event.start_mark
-            if not (
+            if (
                 event.tag is None
                 and event.anchor is None
                 and (not event.implicit[0] or key[:1] not in _TYPED_FIRST or key in known)
             ):
+                if len(names) < _KNOWN_TEXT_LIMIT:
+                    key = names.setdefault(key, key)  # every model repeats them: one copy each
+            else:
                 key = self._key(event, path)
             event = get()
-            if key in result:
-                self._duplicate(mark, key, keys[list(result).index(key)], path)
+            if key in marks:
+                self._duplicate(mark, key, marks[key], path)
                 self._skip(event, depth + 1)
                 continue
-            keys.append(mark.line << 32 | mark.column)
-            if type(key) is str and len(names) < _KNOWN_TEXT_LIMIT:
-                key = names.setdefault(key, key)  # every model repeats them: one copy each
+            marks[key] = mark.line << 32 | mark.column
             if type(event) is not _Scalar:
                 result[key] = self._node(event, (*path, key), depth + 1)
                 continue
@@ -164,7 +165,7 @@ class EventBuilder:
             else:
                 result[key] = self._scalar(event, (*path, key), result, key)
         mark = start.start_mark
-        self.positions.add(result, pack(mark.line, mark.column), keys)
+        self.positions.add(result, pack(mark.line, mark.column), list(marks.values()))
         return result
 
     def _value(

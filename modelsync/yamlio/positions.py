@@ -16,6 +16,7 @@ from typing import Any
 
 _SHIFT = 32
 _COLUMN = (1 << _SHIFT) - 1
+_SCAN = 32  # keys of a mapping found by a scan; a larger one gets an index when asked
 
 
 def pack(line: int, column: int) -> int:
@@ -44,11 +45,12 @@ class Positions:
     it); a list's entry is its own start, then the start of each item.
     """
 
-    __slots__ = ("_marks", "_starts", "root", "texts")
+    __slots__ = ("_indexes", "_marks", "_starts", "root", "texts")
 
     def __init__(self) -> None:
         self._marks = array("q")
         self._starts: dict[int, int] = {}
+        self._indexes: dict[int, dict[Any, int]] = {}
         self.root = 0
         # (id of the container, key or index) -> the text of a scalar YAML typed.
         self.texts: dict[tuple[int, Any], str] = {}
@@ -68,13 +70,22 @@ class Positions:
         """The packed start of the index-th key (mapping) or item (list) of ``container``."""
         return self._marks[self._starts[id(container)] + 1 + index]
 
+    def _index(self, mapping: dict[Any, Any], key: Any) -> int:
+        """The place of ``key`` in ``mapping``; an index is kept for a large mapping."""
+        if len(mapping) <= _SCAN:
+            return list(mapping).index(key)
+        index = self._indexes.get(id(mapping))
+        if index is None:  # 100,000 problems in one mapping must not cost 100,000 scans
+            index = self._indexes[id(mapping)] = {k: i for i, k in enumerate(mapping)}
+        return index[key]
+
     def _step(self, node: Any, step: str | int) -> tuple[int, Any] | None:
         """(the packed start of the key or item, the value) of ``step`` in ``node``."""
         if type(node) is dict:
             key = step if isinstance(step, str) else str(step)
             if key not in node or id(node) not in self._starts:
                 return None
-            return self.member(node, list(node).index(key)), node[key]
+            return self.member(node, self._index(node, key)), node[key]
         if type(node) is list and isinstance(step, int) and 0 <= step < len(node):
             if id(node) not in self._starts:  # pragma: no cover - every list is recorded
                 return None
