@@ -422,15 +422,22 @@ def test_record_returns_once_written_and_a_background_sync_covers_every_line(
 def test_a_failed_background_sync_refuses_later_records_and_the_commit_keeps_the_rest(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    failing = threading.Event()
+    synced = threading.Event()
     failed = threading.Event()
 
-    def failing_datasync(fd: int) -> None:
-        failed.set()
-        raise OSError(5, "Input/output error")
+    def datasync(fd: int) -> None:
+        if failing.is_set():
+            failed.set()
+            raise OSError(5, "Input/output error")
+        os.fdatasync(fd)
+        synced.set()
 
+    monkeypatch.setattr(journal_module, "_datasync", datasync)
     with StateStore(path, ENDPOINT) as store:
         store.record("first", rec(1))
-        monkeypatch.setattr(journal_module, "_datasync", failing_datasync)
+        assert synced.wait(5)  # the syncer's first sync covered "first"
+        failing.set()
         store.record("second", rec(2))  # written; its sync fails in the background
         assert failed.wait(5)
         deadline = time.monotonic() + 5
@@ -443,7 +450,7 @@ def test_a_failed_background_sync_refuses_later_records_and_the_commit_keeps_the
             time.sleep(0.01)
         assert error is not None
         assert "syncing it failed: Input/output error" in error
-        monkeypatch.setattr(journal_module, "_datasync", os.fsync)
+        failing.clear()
     # The commit writes a new snapshot (synced on its own): what was recorded is kept.
     models = read_state(path, ENDPOINT).models
     assert {"first", "second"} <= set(models)
