@@ -8,7 +8,6 @@ or an object of field errors; this module reads both styles.
 from __future__ import annotations
 
 import datetime
-import email.utils
 import http
 import json
 import math
@@ -114,6 +113,8 @@ def parse_retry_after(value: object, *, now_epoch: float) -> float | None:
     if _SECONDS_RE.fullmatch(text):
         seconds = float(text)
         return seconds if math.isfinite(seconds) else None
+    import email.utils  # only for an HTTP-date Retry-After: not imported at start-up
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from modelsync import defaults
 from modelsync.controls import StopFlag, build_controls
 from modelsync.errors import ExitCode
+from modelsync.gcpause import gc_paused
 from modelsync.plan import Plan, make_plan
 from modelsync.runner import ApplyOptions, ModelResult, Report, run_apply
 from modelsync.settings import Settings
@@ -85,7 +86,8 @@ def apply(
         with run.backend.open_writer(
             lock_timeout=settings.lock_timeout, command=settings.command
         ) as writer:
-            the_plan = make_plan(settings.manifest, writer.state, settings.selection)
+            with gc_paused():  # the state's records and the plan: large, and without cycles
+                the_plan = make_plan(settings.manifest, writer.state, settings.selection)
             on_plan(the_plan, run.backend.location)
             with settings.create_client(run.url, api_key, controls) as client:
                 report = run_apply(

@@ -13,12 +13,10 @@ commas and brackets proves the strict parser would read the same, else by the st
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from modelsync.errors import StateError
+from modelsync.gcpause import gc_paused
 from modelsync.records import ModelRecord, describe_kind
 from modelsync.store import trust
 from modelsync.store.fileio import (
@@ -67,26 +66,7 @@ class Loaded:
     journal_found: bool  # a journal file exists (to fold, or stale, or empty)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (nestable; as a decorator, for each call).
-
-    Reading a 100,000-record state builds some 300,000 containers that all stay alive, and
-    no garbage cycles (nor does writing one): each pass of the collector walks all of them
-    again, which made the time per record grow with the state (DESIGN §7). Reference
-    counting frees as usual.
-    """
-    # A twin of the manifest loader's; one helper for both would belong in a shared module.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:  # only the outermost pause turns it back on
-            gc.enable()
-
-
-@_gc_paused()
+@gc_paused()
 def load(path: Path, endpoint: str) -> Loaded:
     """Read the snapshot at ``path`` and its journal; a StateError if they cannot be trusted."""
     raw, journal = _read_pair(path)
@@ -382,7 +362,7 @@ _ENCODER = json.JSONEncoder(
 _MODELS_OPENING = b',"models":{'
 
 
-@_gc_paused()
+@gc_paused()
 def dump_snapshot(
     lineage: str, serial: int, endpoint: str, models: Mapping[str, ModelRecord]
 ) -> bytes:
