@@ -54,7 +54,12 @@ class ManifestError(ModelsyncError):
 
     def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
         self.diagnostics = sorted(diagnostics)
-        super().__init__("\n".join(str(d) for d in self.diagnostics))
+        super().__init__()
+
+    def __str__(self) -> str:
+        # Joined only when asked: the CLI prints the diagnostics one by one, and 100,000 of
+        # them joined up front held tens of MB that nobody read.
+        return "\n".join(str(d) for d in self.diagnostics)
 
 
 class StateError(ModelsyncError):
