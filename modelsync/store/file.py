@@ -25,8 +25,7 @@ import types
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-
-import filelock
+from typing import TYPE_CHECKING
 
 from modelsync.errors import StateError
 from modelsync.records import ModelRecord, State
@@ -53,6 +52,9 @@ from modelsync.store.fileio import (
 from modelsync.store.journal import JournalFile, del_line, fold, header_line, put_line
 from modelsync.store.snapshot import dump_snapshot, load, not_a_file
 from modelsync.store.trust import USE_ANOTHER_STATE
+
+if TYPE_CHECKING:
+    import filelock
 
 _log = logging.getLogger(__name__)
 
@@ -207,6 +209,8 @@ class StateStore:
             )
 
     def _acquire(self) -> filelock.BaseFileLock:
+        import filelock  # only a writer locks (see fileio.make_lock)
+
         lock = make_lock(lock_path(self._path))
         try:
             lock.acquire(timeout=self._lock_timeout)

@@ -22,20 +22,20 @@ import json
 import os
 import re
 import shlex
-import socket
 import stat
 import uuid
 from collections.abc import Iterable, Mapping
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import filelock
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from modelsync.errors import StateError
 from modelsync.records import utc_now
 from modelsync.redact import redact
 from modelsync.store.trust import USE_ANOTHER_STATE
+
+if TYPE_CHECKING:
+    import filelock
 
 FILE_MODE = 0o600
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}\.tmp$")
@@ -383,6 +383,8 @@ _MAX_INFO_BYTES = 1 << 16  # a lock-info line is about 200 bytes
 
 def make_lock(path: Path) -> filelock.BaseFileLock:
     """An OS lock (flock) on ``path``, never a soft lock that would outlive its process."""
+    import filelock  # only a writer locks: plan and state list never import it
+
     # No silent fallback to a soft (marker file) lock where flock is missing: a soft lock
     # outlives a killed process, which is the stale lock DESIGN §2 rules out. Asked only of
     # filelock releases that know the option: passing it to one that does not leaves a
@@ -398,7 +400,7 @@ def lock_info(command: str) -> bytes:
     info = {
         "pid": os.getpid(),
         "user": _user(),
-        "host": socket.gethostname(),
+        "host": _hostname(),
         "command": redact(command),
         "started_at": utc_now(),
     }
@@ -418,7 +420,7 @@ def describe_holder(info_path: Path) -> str:
     command, started = info.get("command"), info.get("started_at")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return "another process"
-    if host == socket.gethostname() and not _pid_alive(pid):
+    if host == _hostname() and not _pid_alive(pid):
         # Left by a holder that was killed; the live holder has not written its own yet.
         return "another process"
     who = f"{_printable(str(user))}@{_printable(str(host))}"
@@ -446,3 +448,9 @@ def _user() -> str:
 
 def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _hostname() -> str:
+    import socket  # only to name a lock's holder
+
+    return socket.gethostname()
