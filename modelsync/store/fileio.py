@@ -218,10 +218,13 @@ def fsync_dir(folder: Path) -> None:
 # --------------------------------------------------------------------------- JSON
 
 
+# Built once: json.dumps with options builds an encoder per call (two per recorded result).
+_LINE_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def dumps_line(obj: Mapping[str, Any]) -> bytes:
     """One compact JSON line, keys sorted."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return (text + "\n").encode("utf-8")
+    return (_LINE_ENCODER.encode(obj) + "\n").encode("utf-8")
 
 
 class TooDeep(ValueError):
