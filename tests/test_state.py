@@ -457,6 +457,42 @@ def test_a_failed_background_sync_refuses_later_records_and_the_commit_keeps_the
     assert not sib(path, ".journal").exists()
 
 
+def test_a_failed_write_still_leaves_the_lines_before_it_synced(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_sync, real_write = journal_module._datasync, journal_module.write_all
+    entered = threading.Event()
+    release = threading.Event()
+    sizes_at_start: list[int] = []  # journal size when each fdatasync began
+
+    def held_sync(fd: int) -> None:
+        sizes_at_start.append(os.fstat(fd).st_size)
+        entered.set()
+        assert release.wait(5)
+        real_sync(fd)
+
+    def failing_write(fd: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module, "_datasync", held_sync)
+    with StateStore(path, ENDPOINT) as store:
+        store.record("a", rec(1))
+        assert entered.wait(5)  # the first sync began with "a" only, and is held there
+        store.record("b", rec(2))
+        written = sib(path, ".journal").stat().st_size
+        monkeypatch.setattr(journal_module, "write_all", failing_write)
+        with pytest.raises(StateError, match="No space left on device"):
+            store.record("c", rec(3))
+        monkeypatch.setattr(journal_module, "write_all", real_write)
+        release.set()
+        deadline = time.monotonic() + 5
+        while max(sizes_at_start) < written and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # A sync began after "b" was written: the failed write did not end the syncing.
+        assert max(sizes_at_start) == written
+    assert {"a", "b"} <= set(read_state(path, ENDPOINT).models)
+
+
 def test_record_keeps_a_copy_of_the_callers_dicts(path: Path) -> None:
     request = {"url": "org/a"}
     with StateStore(path, ENDPOINT) as store:

@@ -199,10 +199,13 @@ class JournalFile:
         self._changed = changed
         self.fd: int | None = None
         self.broken: str | None = None  # why an earlier write or sync failed
-        # Lines written to the file, lines known to be durable, and the syncer's life.
+        # Lines written to the file, lines known to be durable, and the syncer's life: it
+        # ends at close or at a failed sync, not at a failed write (the lines written before
+        # that one are still synced).
         self._written = 0
         self._durable = 0
         self._closing = False
+        self._sync_failed = False
         self._syncer: threading.Thread | None = None
 
     @classmethod
@@ -277,7 +280,7 @@ class JournalFile:
         """Wait for lines to sync and sync them; False when the syncer should end."""
         while self._durable >= self._written and not self._closing:
             self._changed.wait()
-        if self._durable >= self._written or self.broken is not None:
+        if self._durable >= self._written or self._sync_failed:
             return False
         upto = self._written
         error: OSError | None = None
@@ -289,6 +292,7 @@ class JournalFile:
         finally:
             self._changed.acquire()
         if error is not None:
+            self._sync_failed = True
             self.broken = f"syncing it failed: {reason(error)}"
             _log.error(
                 "cannot sync the journal %s of state %s: %s; results recorded since the last"
@@ -303,8 +307,8 @@ class JournalFile:
         return True
 
     def wait_idle(self) -> None:
-        """Wait until every line written is durable (or a sync failed: ``broken``)."""
-        while self._syncer is not None and self._durable < self._written and not self.broken:
+        """Wait until every line written is durable, or a sync failed (the syncer ended)."""
+        while self._syncer is not None and self._durable < self._written:
             self._changed.wait()
 
     def close(self) -> None:
