@@ -237,16 +237,12 @@ class _Pool:
                 if not self.ended and self.active:
                     changed.wait(timeout=0.2)
                 ended, self.ended = self.ended, []
-                idle = not self.active and not ended
+                # Nothing runs, nothing ended to report, and nothing left may start.
+                finished = not self.active and not ended and not self.room()
             for change, result, error in ended:
                 done(self._collect(change, result, error))
-            if idle and not self.room_later():
+            if finished:
                 return
-
-    def room_later(self) -> bool:
-        """Nothing runs: is there a model left that may still start?"""
-        with self.changed:
-            return self.room()
 
     def _take(self) -> Change:
         self.active += 1
